@@ -1,0 +1,3 @@
+from .temperature_hook import KWTemperatureHook
+
+__all__ = ['KWTemperatureHook']

@@ -1,0 +1,303 @@
+"""The Kernel Warehouse convolution (paper §3, Eq. 2-4, Algorithm 1 part B).
+
+A :class:`KWConv2d` partitions its kernel into ``m`` cells (Eq. 2) and assembles each one,
+per sample, as a mixture of the ``n`` cells of a warehouse shared with the other convs of its
+stage (Eq. 3). The mixture weights come from :class:`KWAttention`, a squeeze-excitation style
+module ending in the contrasting-driven attention function (Eq. 4).
+
+Shapes: input ``[B, C_in, H, W]``; attention ``[B, m, n]``; warehouse ``[n, c_out, c_in, 1, 1]``;
+assembled kernel ``[B * C_out, C_in / groups, kh, kw]``.
+"""
+import warnings
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.registry import MODELS
+from torch.nn.modules.utils import _pair
+
+from .warehouse import WarehouseManager, WarehouseSpec
+
+CAF_EPS = 1e-3  # the release's epsilon in z / (sum|z| + eps)
+
+
+def one_to_one_beta(num_mixtures: int, num_cells: int, start: int,
+                    cell_num_ratio: float) -> Tuple[torch.Tensor, int]:
+    """beta of the one-to-one init strategy (paper A.2) for one conv.
+
+    Args:
+        num_mixtures: m of the conv.
+        num_cells: n of its warehouse.
+        start: the first warehouse cell not yet owned by an earlier conv.
+        cell_num_ratio: the budget b.
+
+    Returns:
+        ``beta`` of shape ``[m, n + 1]`` (the last column is the zero cell) and the next free
+        cell index. With ``b >= 1`` mixture ``i`` owns cell ``start + i*b``; with ``b < 1`` and
+        ``r = 1/b`` only mixtures with ``i % r == (i // r) % r`` own a cell (a diagonal
+        pattern, Figure 6a) and the others are assigned the zero cell.
+    """
+    beta = torch.zeros(num_mixtures, num_cells + 1)
+    if cell_num_ratio >= 1:
+        step = int(cell_num_ratio)
+        for i in range(num_mixtures):
+            beta[i, start] = 1
+            start += step
+    else:
+        r = int(round(1 / cell_num_ratio))
+        for i in range(num_mixtures):
+            if i % r == (i // r) % r:
+                beta[i, start] = 1
+                start += 1
+            else:
+                beta[i, num_cells] = 1
+    return beta, start
+
+
+class KWAttention(nn.Module):
+    """Attention of one KW conv: GAP -> fc1 -> norm -> ReLU -> fc2 -> CAF (Eq. 4).
+
+    Args:
+        in_channels: C_in of the conv.
+        num_mixtures: m, the cells of the conv's kernel.
+        num_cells: n, the cells of its warehouse.
+        start: index of the first warehouse cell the conv owns.
+        cell_num_ratio: the budget b of the warehouse.
+        reduction: hidden width as a fraction of ``in_channels`` (at least 16).
+        norm: 'BN' or 'LN'.
+        nonlocal_basis_ratio: < 1 computes the logits of the cells the conv does not own from
+            a basis of ``max(int(N * ratio), 16)`` logits through ``fc3``.
+
+    ``forward`` maps ``[B, C_in, H, W]`` to attentions ``[B, m, n]``. ``temperature`` (tau) is
+    a plain attribute, 0 unless a hook sets it, and ``beta`` a non-persistent buffer: neither is
+    part of the state dict.
+    """
+
+    def __init__(self, in_channels: int, num_mixtures: int, num_cells: int, start: int,
+                 cell_num_ratio: float, reduction: float = 1 / 16, norm: str = 'BN',
+                 nonlocal_basis_ratio: float = 1.0) -> None:
+        super().__init__()
+        hidden = max(int(in_channels * reduction), 16)
+        self.num_mixtures = num_mixtures
+        self.num_cells = num_cells
+        self.start = start
+        self.fc1 = nn.Linear(in_channels, hidden, bias=norm != 'BN')
+        self.norm1 = nn.BatchNorm1d(hidden) if norm == 'BN' else nn.LayerNorm(hidden)
+        self.act1 = nn.ReLU(inplace=True)
+        self.use_basis = nonlocal_basis_ratio < 1
+        if self.use_basis:
+            self.num_local = int(cell_num_ratio * num_mixtures)
+            self.num_nonlocal = num_cells - self.num_local
+            self.num_basis = max(int(self.num_nonlocal * nonlocal_basis_ratio), 16)
+            self.fc2 = nn.Linear(hidden, (self.num_local + self.num_basis + 1) * num_mixtures,
+                                 bias=False)
+            with warnings.catch_warnings():
+                # a conv that owns the whole warehouse has no nonlocal cells: fc3 is empty
+                warnings.filterwarnings('ignore', 'Initializing zero-element tensors')
+                self.fc3 = nn.Linear(self.num_basis, self.num_nonlocal, bias=False)
+            self.basis_bias = nn.Parameter(torch.zeros(num_mixtures * (num_cells + 1)))
+        else:
+            self.fc2 = nn.Linear(hidden, num_mixtures * (num_cells + 1))
+        self.register_buffer('beta', torch.zeros(num_mixtures, num_cells + 1), persistent=False)
+        self.temperature = 0.0
+        self.init_strategy = True
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.numel():
+                nn.init.kaiming_normal_(module.weight, mode='fan_out', nonlinearity='relu')
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm1d, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if self.use_basis:
+            nn.init.zeros_(self.basis_bias)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``z`` of shape ``[B, m, n + 1]`` (last column: the zero cell)."""
+        pooled = x.flatten(2).mean(dim=2)
+        hidden = self.act1(self.norm1(self.fc1(pooled)))
+        z = self.fc2(hidden)
+        if not self.use_basis:
+            return z.view(-1, self.num_mixtures, self.num_cells + 1)
+        z = z.view(-1, self.num_local + self.num_basis + 1)
+        local, basis, zero = z.split([self.num_local, self.num_basis, 1], dim=1)
+        nonlocal_ = self.fc3(basis)
+        z = torch.cat([nonlocal_[:, :self.start], local, nonlocal_[:, self.start:], zero], dim=1)
+        return (z.view(-1, self.num_mixtures * (self.num_cells + 1)) + self.basis_bias).view(
+            -1, self.num_mixtures, self.num_cells + 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.logits(x)
+        alpha = z / (z.abs().sum(dim=2, keepdim=True) + CAF_EPS)
+        tau = self.temperature
+        if tau != 0:
+            alpha = (1 - tau) * alpha + tau * self.beta.to(alpha.dtype)
+        return alpha[:, :, :-1]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Attention sizes follow the warehouse size and the conv's cell count; a mismatch means
+        # the checkpoint has another budget or architecture, which must not half-load.
+        persistent = dict(self.named_parameters())
+        persistent.update((k, v) for k, v in self.named_buffers() if k != 'beta')
+        for name, tensor in persistent.items():
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != tensor.shape:
+                raise ValueError(
+                    f'KW attention {prefix[:-1]!r}: checkpoint {key!r} has shape '
+                    f'{list(state_dict[key].shape)} but this layer (m={self.num_mixtures}, '
+                    f'n={self.num_cells}) needs {list(tensor.shape)}: the checkpoint comes from '
+                    'another budget or architecture')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+@MODELS.register_module()
+class KWConv2d(nn.Module):
+    """Kernel Warehouse 2D convolution, a drop-in replacement of ``nn.Conv2d``.
+
+    Build it directly or through mmcv's ``build_conv_layer`` with
+    ``conv_cfg=dict(type='KWConv2d', warehouse_manager=manager, warehouse_name='stage1')``.
+    The conv reserves a place in its warehouse at construction; it can run once the owner of
+    the manager has called ``manager.build(owner)``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as for
+            ``nn.Conv2d`` (``padding`` must be numeric; grouped and depthwise convs supported).
+        warehouse_manager: the :class:`WarehouseManager` that owns the warehouse.
+        warehouse_name: the warehouse shared with the other convs of its (reassigned) stage.
+        budget: optional budget for this warehouse if it differs from the manager's default.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 *,
+                 warehouse_manager: WarehouseManager,
+                 warehouse_name: str,
+                 budget=None) -> None:
+        super().__init__()
+        if not isinstance(warehouse_manager, WarehouseManager):
+            raise TypeError(f'KWConv2d needs a WarehouseManager, got {type(warehouse_manager)}')
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f'KWConv2d: in_channels={in_channels} and out_channels='
+                             f'{out_channels} must be divisible by groups={groups}')
+        if isinstance(padding, str):
+            raise ValueError('KWConv2d: string padding is not supported, give numbers')
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.warehouse_name = warehouse_name
+        # Held outside the module tree: the manager belongs to the backbone, not to each conv.
+        object.__setattr__(self, 'warehouse_manager', warehouse_manager)
+        self.warehouse_index = warehouse_manager.reserve(
+            warehouse_name, (out_channels, in_channels // groups, *self.kernel_size), budget)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.attention: Optional[KWAttention] = None
+
+    @property
+    def weight_shape(self) -> Tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def bind(self, spec: WarehouseSpec, start: int, manager: WarehouseManager) -> int:
+        """Attach to the built warehouse: create the attention and beta; return the next
+        free cell index."""
+        cell_shape = spec.cell_shape
+        self.cell_shape = cell_shape
+        # groups of the kernel along (space, out, in), in the release's mixture order
+        self.mixture_grid = (
+            (self.kernel_size[0] // cell_shape[2]) * (self.kernel_size[1] // cell_shape[3]),
+            self.out_channels // cell_shape[0],
+            self.in_channels // self.groups // cell_shape[1],
+        )
+        num_mixtures = self.mixture_grid[0] * self.mixture_grid[1] * self.mixture_grid[2]
+        b = spec.budget.cell_num_ratio
+        self.attention = KWAttention(self.in_channels, num_mixtures, spec.num_cells, start, b,
+                                     manager.reduction, manager.attention_norm,
+                                     manager.nonlocal_basis_ratio)
+        beta, end = one_to_one_beta(num_mixtures, spec.num_cells, start, b)
+        self.attention.beta.copy_(beta)
+        self.attention.init_strategy = manager.attention_init is not None
+        return end
+
+    def assemble(self, attention: torch.Tensor) -> torch.Tensor:
+        """Per-sample kernels ``[B * C_out, C_in / groups, kh, kw]`` from attentions
+        ``[B, m, n]`` (Eq. 3 and the inverse of the partition, Eq. 2)."""
+        cells = self.warehouse_manager.cells(self.warehouse_index)
+        batch = attention.shape[0]
+        spatial, groups_out, groups_in = self.mixture_grid
+        cell_out, cell_in, cell_kh, cell_kw = self.cell_shape
+        mixed = torch.matmul(attention, cells.reshape(cells.shape[0], -1).to(attention.dtype))
+        mixed = mixed.view(batch, spatial, groups_out, groups_in, cell_out, cell_in, cell_kh,
+                           cell_kw)
+        # mixture i = (s * G_out + o) * G_in + c  ->  W[o * c_out + a, c * c_in + b, s]
+        weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
+        return weight.reshape(batch * self.out_channels, self.in_channels // self.groups,
+                              *self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attention is None:
+            raise RuntimeError(
+                f'KWConv2d in warehouse {self.warehouse_name!r} is not bound to its warehouse: '
+                'the module owning the WarehouseManager must call manager.build(owner) after '
+                'constructing its convs, and the conv must be used inside that owner')
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
+                             f'{list(x.shape)}')
+        batch = x.shape[0]
+        attention = self.attention(x).to(x.dtype)
+        weight = self.assemble(attention)
+        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding,
+                       self.dilation, self.groups * batch)
+        out = out.view(batch, self.out_channels, *out.shape[2:])
+        if self.bias is not None:
+            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
+        return out
+
+    def extra_repr(self) -> str:
+        s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+             f'stride={self.stride}, padding={self.padding}')
+        if self.groups != 1:
+            s += f', groups={self.groups}'
+        if self.dilation != (1, 1):
+            s += f', dilation={self.dilation}'
+        if self.bias is None:
+            s += ', bias=False'
+        return s + f', warehouse={self.warehouse_name!r}'
+
+
+def set_temperature(model: nn.Module, temperature: float) -> int:
+    """Set tau of every KW attention in ``model`` whose init strategy is enabled.
+
+    Returns how many attentions took the value (0 when the strategy is disabled everywhere).
+    """
+    if not 0 <= temperature <= 1:
+        raise ValueError(f'temperature must be in [0, 1], got {temperature}')
+    count = 0
+    for module in model.modules():
+        if isinstance(module, KWAttention) and module.init_strategy:
+            module.temperature = float(temperature)
+            count += 1
+    return count
+
+
+def get_temperature(model: nn.Module) -> Optional[float]:
+    """tau of the first KW attention of ``model`` (None if it has none)."""
+    for module in model.modules():
+        if isinstance(module, KWAttention):
+            return module.temperature
+    return None

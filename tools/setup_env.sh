@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual env at .venv with the pinned OpenMMLab stack and
+# mmkw installed in editable mode. A second run with unchanged requirements takes seconds.
+#
+# mmcv 2.1.0 has no wheels on PyPI, so it is built from its sdist once (~20 min on 2 cores) and
+# the wheel is kept in $MMKW_CACHE (default ~/.cache/mmkw), outside the repo, for later runs.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${MMKW_VENV:-$ROOT/.venv}"
+CACHE="${MMKW_CACHE:-$HOME/.cache/mmkw}"
+PYTHON="${PYTHON:-python3.11}"
+TORCH_VERSION=2.14.1
+MMCV_VERSION=2.1.0
+WHEELS="$CACHE/wheels/torch-$TORCH_VERSION"
+
+log() { printf '[setup_env] %s\n' "$*" >&2; }
+
+stamp_of() {
+  cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1
+}
+STAMP_FILE="$VENV/.mmkw-stamp"
+if [[ -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$(stamp_of)" ]]; then
+  log "environment at $VENV is up to date"
+  exit 0
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating virtual env at $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+
+log "installing torch $TORCH_VERSION and build tools"
+"${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==0.29.1" "setuptools==80.9.0" \
+  wheel ninja "numpy==2.4.*"
+
+build_mmcv() {
+  local work
+  work="$(mktemp -d)"
+  log "building mmcv $MMCV_VERSION with ops from source (about 20 min on 2 cores)"
+  "${PIP[@]}" download -q --no-deps --no-binary :all: "mmcv==$MMCV_VERSION" -d "$work"
+  tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
+  # torch 2.14's headers need C++20; mmcv 2.1.0 forces C++17.
+  sed -i 's/-std=c++17/-std=c++20/g' "$work/mmcv-$MMCV_VERSION/setup.py"
+  mkdir -p "$WHEELS"
+  (cd "$work/mmcv-$MMCV_VERSION" &&
+    MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+      "${PIP[@]}" wheel -q --no-build-isolation --no-deps -w "$WHEELS" .)
+  rm -rf "$work"
+}
+if ! ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+  build_mmcv
+else
+  log "reusing built mmcv wheel from $WHEELS"
+fi
+
+log "installing mmcv, mmengine, mmdet, mmpretrain and test tools"
+"${PIP[@]}" install -q "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl \
+  -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+
+log "installing mmkw (editable)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
+
+"$VENV/bin/python" -c "import mmcv.ops, mmdet, mmpretrain, mmkw; print('mmkw stack ok:', mmcv.__version__, mmdet.__version__, mmpretrain.__version__)"
+stamp_of >"$STAMP_FILE"
+log "done"
