@@ -1,4 +1,5 @@
 from .checkpoint import register_checkpoint_safe_globals
 from .hooks import KWTemperatureHook
+from .launch import setup_distributed
 
-__all__ = ['KWTemperatureHook', 'register_checkpoint_safe_globals']
+__all__ = ['KWTemperatureHook', 'register_checkpoint_safe_globals', 'setup_distributed']

@@ -6,17 +6,17 @@ stage (Eq. 3). The mixture weights come from :class:`KWAttention`, a squeeze-exc
 module ending in the contrasting-driven attention function (Eq. 4).
 
 Shapes: input ``[B, C_in, H, W]``; attention ``[B, m, n]``; warehouse ``[n, c_out, c_in, 1, 1]``;
-assembled kernel ``[B * C_out, C_in / groups, kh, kw]``.
+assembled kernels ``[B, C_out, C_in / groups, kh, kw]``.
 """
 import warnings
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
+from .per_sample_conv import per_sample_conv2d
 from .warehouse import WarehouseManager, WarehouseSpec
 
 CAF_EPS = 1e-3  # the release's epsilon in z / (sum|z| + eps)
@@ -235,7 +235,7 @@ class KWConv2d(nn.Module):
         return end
 
     def assemble(self, attention: torch.Tensor) -> torch.Tensor:
-        """Per-sample kernels ``[B * C_out, C_in / groups, kh, kw]`` from attentions
+        """Per-sample kernels ``[B, C_out, C_in / groups, kh, kw]`` from attentions
         ``[B, m, n]`` (Eq. 3 and the inverse of the partition, Eq. 2)."""
         cells = self.warehouse_manager.cells(self.warehouse_index)
         batch = attention.shape[0]
@@ -246,8 +246,7 @@ class KWConv2d(nn.Module):
                            cell_kw)
         # mixture i = (s * G_out + o) * G_in + c  ->  W[o * c_out + a, c * c_in + b, s]
         weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
-        return weight.reshape(batch * self.out_channels, self.in_channels // self.groups,
-                              *self.kernel_size)
+        return weight.reshape(batch, *self.weight_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attention is None:
@@ -258,12 +257,9 @@ class KWConv2d(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
                              f'{list(x.shape)}')
-        batch = x.shape[0]
         attention = self.attention(x).to(x.dtype)
         weight = self.assemble(attention)
-        out = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding,
-                       self.dilation, self.groups * batch)
-        out = out.view(batch, self.out_channels, *out.shape[2:])
+        out = per_sample_conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

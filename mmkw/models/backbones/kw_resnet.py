@@ -128,6 +128,9 @@ class KWResNet(BaseModule):
             init strategy, holding tau at 0 (fine-tuning, A.1.2).
         in_channels: input image channels.
         stem_channels: output channels of the stem.
+        stem_kernel_size: kernel of the stem conv (7; 3 for small inputs).
+        stem_stride: stride of the stem conv (2; 1 for small inputs).
+        stem_pool: max-pool after the stem (True; False for small inputs).
         base_channels: channels of the first stage (before expansion).
         num_stages: 1 to 4.
         strides: stride of the first block of each stage.
@@ -144,7 +147,7 @@ class KWResNet(BaseModule):
             loads weights.
 
     Forward: ``[B, in_channels, H, W]`` -> tuple of feature maps of the ``out_indices`` stages,
-    ``[B, base_channels * 2**i * expansion, H / 2**(i+2), W / 2**(i+2)]``.
+    ``[B, base_channels * 2**i * expansion, H / 2**(i+2), W / 2**(i+2)]`` with the default stem.
     """
 
     arch_settings = {
@@ -163,6 +166,9 @@ class KWResNet(BaseModule):
                  attention_init: Optional[str] = 'one_to_one',
                  in_channels: int = 3,
                  stem_channels: int = 64,
+                 stem_kernel_size: int = 7,
+                 stem_stride: int = 2,
+                 stem_pool: bool = True,
                  base_channels: int = 64,
                  num_stages: int = 4,
                  strides: Sequence[int] = (1, 2, 2, 2),
@@ -204,7 +210,12 @@ class KWResNet(BaseModule):
         self.warehouse_manager = WarehouseManager(
             budget=budget, reduction=reduction, nonlocal_basis_ratio=nonlocal_basis_ratio,
             attention_norm='BN', attention_init=attention_init)
-        self._make_stem_layer(in_channels, stem_channels, norm_cfg)
+        self.conv1 = nn.Conv2d(in_channels, stem_channels, stem_kernel_size, stride=stem_stride,
+                               padding=stem_kernel_size // 2, bias=False)
+        self.bn1 = build_norm_layer(norm_cfg, stem_channels)[1]
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = (nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+                        if stem_pool else nn.Identity())
 
         total_blocks = sum(self.stage_blocks)
         dpr = torch.linspace(0, drop_path_rate, total_blocks).tolist()
@@ -222,12 +233,6 @@ class KWResNet(BaseModule):
         self.feat_dim = channels
         self.warehouse_manager.build(self)
         self._freeze_stages()
-
-    def _make_stem_layer(self, in_channels: int, stem_channels: int, norm_cfg: dict) -> None:
-        self.conv1 = nn.Conv2d(in_channels, stem_channels, 7, stride=2, padding=3, bias=False)
-        self.bn1 = build_norm_layer(norm_cfg, stem_channels)[1]
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
     def _make_layer(self, stage: int, in_channels: int, out_channels: int, num_blocks: int,
                     stride: int, norm_cfg: dict, dpr: Sequence[float],
@@ -303,10 +308,10 @@ class KWResNet(BaseModule):
 @MODELS.register_module()
 class KWResNet_CIFAR(KWResNet):
     """KWResNet for small inputs (CIFAR, digits): 3x3 stride-1 stem conv, no max-pool, as
-    mmpretrain's ``ResNet_CIFAR``. Same arguments as :class:`KWResNet`."""
+    mmpretrain's ``ResNet_CIFAR``. Same arguments as :class:`KWResNet`; its weights load into
+    a ``KWResNet(stem_kernel_size=3)`` (e.g. a detector backbone)."""
 
-    def _make_stem_layer(self, in_channels: int, stem_channels: int, norm_cfg: dict) -> None:
-        self.conv1 = nn.Conv2d(in_channels, stem_channels, 3, stride=1, padding=1, bias=False)
-        self.bn1 = build_norm_layer(norm_cfg, stem_channels)[1]
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity()
+    def __init__(self, depth: int, stem_kernel_size: int = 3, stem_stride: int = 1,
+                 stem_pool: bool = False, **kwargs) -> None:
+        super().__init__(depth, stem_kernel_size=stem_kernel_size, stem_stride=stem_stride,
+                         stem_pool=stem_pool, **kwargs)

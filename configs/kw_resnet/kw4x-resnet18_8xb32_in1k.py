@@ -1,0 +1,3 @@
+# KW (4x) ResNet-18, traditional strategy (paper Table 1).
+_base_ = ['../_base_/models/kw-resnet18_in1k.py', '../_base_/recipes/traditional_8xb32_in1k.py']
+model = dict(backbone=dict(budget='4x'))

@@ -1,0 +1,26 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+sys.path.insert(0, str(REPO / 'tools' / 'dataset_converters'))
+
+
+@pytest.fixture(scope='session')
+def digits_root(tmp_path_factory):
+    """The embedded digits dataset in ImageNet layout (written once per session)."""
+    from make_digits_imagenet import make_digits_imagenet
+    root = tmp_path_factory.mktemp('digits')
+    make_digits_imagenet(str(root))
+    return root
+
+
+@pytest.fixture(scope='session')
+def shapes_root(tmp_path_factory):
+    """A tiny generated COCO-format instance-segmentation dataset."""
+    from make_shapes_coco import make_shapes_coco
+    root = tmp_path_factory.mktemp('shapes')
+    make_shapes_coco(str(root), num_train=8, num_val=4, img_size=96, seed=0)
+    return root
