@@ -1,5 +1,5 @@
-# Demo baseline: plain ResNet-18 (mmpretrain's ResNet_CIFAR) on the embedded digits dataset,
-# same schedule as kw1x-resnet18_1xb64_digits.py.
+# Demo baseline: the same small-input ResNet-18 with normal convs (budget=None), on the
+# embedded digits dataset with the schedule of kw1x-resnet18_1xb64_digits.py.
 _base_ = './kw1x-resnet18_1xb64_digits.py'
-model = dict(backbone=dict(_delete_=True, type='ResNet_CIFAR', depth=18, out_indices=(3, )))
+model = dict(backbone=dict(budget=None))
 custom_hooks = []

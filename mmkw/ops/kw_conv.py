@@ -16,7 +16,8 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
-from .per_sample_conv import per_sample_conv2d
+from .per_sample_conv import (MIXTURE_MAX_POSITIONS, conv_output_size, mixture_conv2d,
+                              per_sample_conv2d)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 CAF_EPS = 1e-3  # the release's epsilon in z / (sum|z| + eps)
@@ -234,19 +235,30 @@ class KWConv2d(nn.Module):
         self.attention.init_strategy = manager.attention_init is not None
         return end
 
+    def mix_cells(self, attention: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 for every cell of the kernel: ``[B, S, G_out, G_in, c_out, c_in, ckh, ckw]``
+        from attentions ``[B, m, n]``, in the release's mixture order
+        ``i = (s * G_out + o) * G_in + c``."""
+        cells = self.warehouse_manager.cells(self.warehouse_index)
+        mixed = torch.matmul(attention, cells.reshape(cells.shape[0], -1).to(attention.dtype))
+        return mixed.view(attention.shape[0], *self.mixture_grid, *self.cell_shape)
+
     def assemble(self, attention: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels ``[B, C_out, C_in / groups, kh, kw]`` from attentions
         ``[B, m, n]`` (Eq. 3 and the inverse of the partition, Eq. 2)."""
-        cells = self.warehouse_manager.cells(self.warehouse_index)
-        batch = attention.shape[0]
-        spatial, groups_out, groups_in = self.mixture_grid
-        cell_out, cell_in, cell_kh, cell_kw = self.cell_shape
-        mixed = torch.matmul(attention, cells.reshape(cells.shape[0], -1).to(attention.dtype))
-        mixed = mixed.view(batch, spatial, groups_out, groups_in, cell_out, cell_in, cell_kh,
-                           cell_kw)
-        # mixture i = (s * G_out + o) * G_in + c  ->  W[o * c_out + a, c * c_in + b, s]
+        mixed = self.mix_cells(attention)
+        # cell (s, o, c) holds W[o * c_out + a, c * c_in + b, s]
         weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
-        return weight.reshape(batch, *self.weight_shape)
+        return weight.reshape(attention.shape[0], *self.weight_shape)
+
+    def _uses_mixture_conv(self, x: torch.Tensor) -> bool:
+        if self.groups != 1 or self.cell_shape[2:] != (1, 1):
+            return False
+        positions = 1
+        for i in range(2):
+            positions *= conv_output_size(x.shape[2 + i], self.kernel_size[i], self.stride[i],
+                                          self.padding[i], self.dilation[i])
+        return positions <= MIXTURE_MAX_POSITIONS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attention is None:
@@ -258,8 +270,13 @@ class KWConv2d(nn.Module):
             raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
                              f'{list(x.shape)}')
         attention = self.attention(x).to(x.dtype)
-        weight = self.assemble(attention)
-        out = per_sample_conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
+        if self._uses_mixture_conv(x):
+            mixed = self.mix_cells(attention).flatten(-3)  # drop the 1x1 cell kernel
+            out = mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
+                                 self.dilation)
+        else:
+            out = per_sample_conv2d(x, self.assemble(attention), self.stride, self.padding,
+                                    self.dilation, self.groups)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

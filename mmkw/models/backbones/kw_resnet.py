@@ -24,9 +24,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmkw.ops import WarehouseManager
 
 
-def _conv_cfg(manager: WarehouseManager, stage: int) -> Optional[dict]:
-    """A KW conv in warehouse ``stage``, or a normal conv for a stage before the first."""
-    if stage < 0:
+def _conv_cfg(manager: Optional[WarehouseManager], stage: int) -> Optional[dict]:
+    """A KW conv in warehouse ``stage``, or a normal conv for a stage before the first (and
+    everywhere when KW is off)."""
+    if manager is None or stage < 0:
         return None
     return dict(type='KWConv2d', warehouse_manager=manager, warehouse_name=f'stage{stage}')
 
@@ -120,7 +121,8 @@ class KWResNet(BaseModule):
     Args:
         depth: 18, 34, 50, 101 or 152.
         budget: convolutional parameter budget b (paper §3.3): '1/4x', '1/2x', '1x', '2x',
-            '4x', any '<ratio>x', a number, or a dict of the three cell ratios.
+            '4x', any '<ratio>x', a number, or a dict of the three cell ratios. None builds the
+            same network with normal convs (a plain baseline of identical structure).
         reduction: attention hidden width ratio (1/16).
         nonlocal_basis_ratio: < 1 enables the nonlocal-basis attention (1/16 for the
             release's ResNet50 KW 1/2x).
@@ -207,7 +209,7 @@ class KWResNet(BaseModule):
         self.block = block
         self.stage_blocks = stage_blocks[:num_stages]
 
-        self.warehouse_manager = WarehouseManager(
+        self.warehouse_manager = None if budget is None else WarehouseManager(
             budget=budget, reduction=reduction, nonlocal_basis_ratio=nonlocal_basis_ratio,
             attention_norm='BN', attention_init=attention_init)
         self.conv1 = nn.Conv2d(in_channels, stem_channels, stem_kernel_size, stride=stem_stride,
@@ -231,7 +233,8 @@ class KWResNet(BaseModule):
             self.res_layers.append(name)
             channels = out_channels
         self.feat_dim = channels
-        self.warehouse_manager.build(self)
+        if self.warehouse_manager is not None:
+            self.warehouse_manager.build(self)
         self._freeze_stages()
 
     def _make_layer(self, stage: int, in_channels: int, out_channels: int, num_blocks: int,
@@ -283,6 +286,8 @@ class KWResNet(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+        if self.warehouse_manager is None:
+            return
         for index in range(min(self.frozen_stages, len(self.warehouse_manager.weights))):
             self.warehouse_manager.weights[index].requires_grad = False
 

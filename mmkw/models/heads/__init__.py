@@ -1,0 +1,3 @@
+from .kw_linear_cls_head import KWLinearClsHead
+
+__all__ = ['KWLinearClsHead']

@@ -1,0 +1,136 @@
+"""Every execution path of KWConv2d equals a plain reference: kernels assembled mixture by
+mixture, then one F.conv2d per sample. Forward and backward, train and eval, for budgets,
+groups, kernel sizes, strides and feature-map sizes that select each path."""
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmkw.ops import KWConv2d, WarehouseManager, set_temperature
+from mmkw.ops import per_sample_conv as psc
+
+
+def reference_forward(conv: KWConv2d, x: torch.Tensor) -> torch.Tensor:
+    alpha = conv.attention(x)  # [B, m, n]
+    cells = conv.warehouse_manager.cells(conv.warehouse_index)
+    co, ci, ckh, ckw = conv.cell_shape
+    spatial, g_out, g_in = conv.mixture_grid
+    kh, kw = conv.kernel_size
+    cells_per_row = kw // ckw
+    weight = x.new_zeros(x.shape[0], *conv.weight_shape)
+    for s, o, c in itertools.product(range(spatial), range(g_out), range(g_in)):
+        i = (s * g_out + o) * g_in + c
+        cell = torch.einsum('bj,jxykl->bxykl', alpha[:, i], cells)
+        r, q = (s // cells_per_row) * ckh, (s % cells_per_row) * ckw
+        weight[:, o * co:(o + 1) * co, c * ci:(c + 1) * ci, r:r + ckh, q:q + ckw] = cell
+    return torch.cat([
+        F.conv2d(x[b:b + 1], weight[b], conv.bias, conv.stride, conv.padding, conv.dilation,
+                 conv.groups) for b in range(x.shape[0])
+    ])
+
+
+class Pair(nn.Module):
+
+    def __init__(self, in_channels, out_channels, kernel, stride, groups, budget, basis,
+                 partition=True):
+        super().__init__()
+        self.warehouse_manager = WarehouseManager(budget, nonlocal_basis_ratio=basis,
+                                                  spatial_partition=partition)
+        self.conv = KWConv2d(in_channels, out_channels, kernel, stride, kernel // 2,
+                             groups=groups, bias=True, warehouse_manager=self.warehouse_manager,
+                             warehouse_name='w')
+        self.other = KWConv2d(out_channels, out_channels, kernel, 1, kernel // 2,
+                              groups=groups, warehouse_manager=self.warehouse_manager,
+                              warehouse_name='w')
+        self.warehouse_manager.build(self)
+
+
+CASES = [
+    # (in, out, kernel, stride, groups, budget, basis, size): sizes pick the paths
+    (16, 32, 3, 1, 1, '1x', 1.0, 6),     # mixture conv (36 positions)
+    (16, 32, 3, 2, 1, '1/2x', 1.0, 12),  # mixture conv, strided
+    (16, 32, 1, 2, 1, '4x', 1.0, 8),     # mixture conv, 1x1 strided
+    (16, 32, 3, 1, 1, '2x', 1.0, 12),    # unfold + bmm (144 positions)
+    (16, 16, 3, 1, 1, '1/2x', 1 / 16, 16),  # grouped conv over the batch (256 positions)
+    (16, 32, 3, 1, 2, '1x', 1.0, 8),     # grouped conv: unfold + bmm
+    (16, 16, 3, 1, 16, '1x', 1.0, 8),    # depthwise: unfold + bmm
+    (16, 16, 5, 1, 16, '1/2x', 1.0, 16),  # depthwise 5x5: grouped conv
+    (16, 32, 1, 1, 1, '1/4x', 1.0, 20),  # 1x1 without unfold (400 positions)
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(map(str, c)))
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_fast_path_matches_reference(case, mode):
+    in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
+    torch.manual_seed(0)
+    pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis)
+    pair.train(mode == 'train')
+    set_temperature(pair, 0.3)
+    conv = pair.conv
+    nn.init.normal_(conv.bias)
+    x = torch.randn(3, in_ch, size, size)
+    params = [p for p in pair.parameters() if p.requires_grad]
+
+    def run(forward):
+        torch.manual_seed(1)
+        xi = x.clone().requires_grad_()
+        out = forward(conv, xi)
+        weights = torch.randn_like(out)
+        grads = torch.autograd.grad((out * weights).sum(), [xi] + params, allow_unused=True)
+        return out, grads
+
+    out, grads = run(lambda c, xi: c(xi))
+    ref, ref_grads = run(reference_forward)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    names = ['input'] + [n for n, p in pair.named_parameters() if p.requires_grad]
+    for name, g, r in zip(names, grads, ref_grads):
+        if r is None:
+            assert g is None or torch.count_nonzero(g) == 0, name
+            continue
+        # 1e-5 relative to the gradient's scale: some sum hundreds of terms of size ~1
+        scale = max(1.0, r.abs().max().item())
+        torch.testing.assert_close(g, r, atol=1e-5 * scale, rtol=1e-5, msg=f'gradient of {name}')
+
+
+def test_cases_cover_every_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
+    for case in CASES:
+        in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
+        pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis)
+        pair.conv(torch.randn(2, in_ch, size, size))
+    assert {'unfold', 'conv2d'} <= set(calls)
+    # and the cell-ordered path
+    pair = Pair(16, 32, 3, 1, 1, '1x', 1.0)
+    assert pair.conv._uses_mixture_conv(torch.randn(1, 16, 6, 6))
+    assert not pair.conv._uses_mixture_conv(torch.randn(1, 16, 12, 12))
+
+
+def test_whole_kernel_cells_without_partition():
+    torch.manual_seed(0)
+    pair = Pair(16, 32, 3, 1, 1, '1x', 1.0, partition=False).eval()
+    assert pair.conv.cell_shape == (32, 16, 3, 3)
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(pair.conv(x), reference_forward(pair.conv, x), atol=1e-5,
+                               rtol=1e-5)
+
+
+class _Spy:
+
+    def __init__(self, module, calls):
+        self._module = module
+        self._calls = calls
+
+    def __getattr__(self, name):
+        attr = getattr(self._module, name)
+        if callable(attr):
+
+            def wrapper(*args, **kwargs):
+                self._calls.append(name)
+                return attr(*args, **kwargs)
+
+            return wrapper
+        return attr
