@@ -5,6 +5,8 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
+from mmkw.ops import KWAttention
+
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
 
@@ -24,8 +26,8 @@ def test_config_builds_model(path):
     model = MODELS.build(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 0
     backbone_type = cfg.model.backbone.type
-    assert model.backbone.__class__.__name__ == backbone_type
-    if backbone_type.startswith('KW'):
+    assert model.backbone.__class__.__name__ == backbone_type.split('.')[-1]
+    if any(isinstance(m, KWAttention) for m in model.modules()):
         hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
         pretrained = isinstance(cfg.model.backbone.get('init_cfg'), dict) and \
             cfg.model.backbone.init_cfg.get('type') == 'Pretrained'

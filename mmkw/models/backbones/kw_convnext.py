@@ -207,7 +207,7 @@ class KWConvNeXt(BaseModule):
             raise ValueError(f"layout must be 'release' or 'paper', got {layout!r}")
         if warehouse_groups is None:
             warehouse_groups = [1] * self.num_stages
-            if layout == 'paper':
+            if layout == 'paper' and self.num_stages > 2:
                 warehouse_groups[2] = 3  # Table 14: the 9 blocks of stage 3 in three groups
         if reduction is None:
             reduction = 1 / 16 if layout == 'release' else 1 / 32
