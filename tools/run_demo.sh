@@ -11,7 +11,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash tools/setup_env.sh
 PY="$ROOT/.venv/bin/python"
-CLS=configs/kw_resnet/kw1x-resnet18_1xb64_digits.py
+CLS=configs/kw_resnet/kw1x-resnet18_1xb16_digits.py
 DET=configs/mask_rcnn/mask-rcnn_kw1x-r18-slim_fpn_shapes.py
 
 "$PY" tools/dataset_converters/make_digits_imagenet.py --out-dir data/digits
@@ -28,7 +28,7 @@ mkdir -p work_dirs
 : > work_dirs/demo_times.txt
 configs=("$CLS" "$DET")
 if [[ "${DEMO_BASELINE:-0}" == 1 ]]; then
-  configs+=(configs/kw_resnet/resnet18_1xb64_digits.py configs/mask_rcnn/mask-rcnn_r18-slim_fpn_shapes.py)
+  configs+=(configs/kw_resnet/resnet18_1xb16_digits.py configs/mask_rcnn/mask-rcnn_r18-slim_fpn_shapes.py)
 fi
 for config in "${configs[@]}"; do
   run "$config"

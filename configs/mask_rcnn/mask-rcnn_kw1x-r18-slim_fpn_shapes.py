@@ -1,5 +1,5 @@
 # Demo: Mask R-CNN with a KW (1x) ResNet-18 backbone initialised from the digits pretraining
-# checkpoint (configs/kw_resnet/kw1x-resnet18_1xb64_digits.py), fine-tuned on the embedded
+# checkpoint (configs/kw_resnet/kw1x-resnet18_1xb16_digits.py), fine-tuned on the embedded
 # shapes dataset (tools/dataset_converters/make_shapes_coco.py, COCO format) on CPU and
 # evaluated with COCO bbox and segm AP. The backbone keeps the paper's fine-tuning settings
 # (init strategy off, frozen_stages=1, norm_eval); the detector is slimmed for a 2-core CPU
@@ -9,7 +9,7 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['mmkw'], allow_failed_imports=False)
-pretrained = 'work_dirs/kw1x-resnet18_1xb64_digits/epoch_3.pth'
+pretrained = 'work_dirs/kw1x-resnet18_1xb16_digits/epoch_4.pth'
 width = 64
 model = dict(
     # the digits pretraining normalised pixels with mean = std = 127.5
@@ -81,7 +81,7 @@ val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instan
                      metric=['bbox', 'segm'], format_only=False)
 test_evaluator = val_evaluator
 
-max_epochs = 3
+max_epochs = 12  # the 1x schedule's shape: lr x0.1 after epochs 8 and 11
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=max_epochs)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
@@ -91,10 +91,10 @@ optim_wrapper = dict(
     paramwise_cfg=dict(norm_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[2],
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[8, 11],
          gamma=0.1),
 ]
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
+    logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1))
 randomness = dict(seed=0)

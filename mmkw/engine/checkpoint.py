@@ -24,9 +24,14 @@ def _numpy_globals() -> list:
     return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar, *dtype_classes]
 
 
+# HistoryBuffer's own statistics; mmengine registers them lazily (on the first buffer built), so
+# a fresh process that only loads a checkpoint has an empty registry.
+_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
+
+
 def _history_buffer_getattr(obj, name: str):
     from mmengine.logging import HistoryBuffer
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods:
+    if obj is HistoryBuffer and (name in _STATISTICS or name in HistoryBuffer._statistics_methods):
         return getattr(obj, name)
     raise pickle.UnpicklingError(
         f'checkpoint asks for getattr({obj!r}, {name!r}); only the statistics methods of '

@@ -16,7 +16,7 @@ from mmkw.engine import KWTemperatureHook
 from mmkw.ops import get_temperature
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / 'configs' / 'kw_resnet' / 'kw1x-resnet18_1xb64_digits.py'
+DEMO = REPO / 'configs' / 'kw_resnet' / 'kw1x-resnet18_1xb16_digits.py'
 ITERS_PER_EPOCH = 4
 
 
@@ -56,7 +56,7 @@ def demo_cfg(digits_root, work_dir, max_epochs=2):
     cfg.val_dataloader.dataset.indices = 16
     cfg.train_cfg.max_epochs = max_epochs
     cfg.train_cfg.val_interval = max_epochs
-    cfg.param_scheduler[1].end = max_epochs
+    cfg.param_scheduler[0].end = max_epochs
     cfg.custom_hooks = [dict(type='KWTemperatureHook', tau_epochs=1.5)]
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = str(work_dir)

@@ -22,6 +22,7 @@ from mmengine.registry import MODELS
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmkw.ops import WarehouseManager
+from .utils import freeze_warehouses_of
 
 
 def _conv_cfg(manager: Optional[WarehouseManager], stage: int) -> Optional[dict]:
@@ -282,14 +283,12 @@ class KWResNet(BaseModule):
         return modules
 
     def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
+        frozen = self._frozen_modules()
+        for module in frozen:
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
-        if self.warehouse_manager is None:
-            return
-        for index in range(min(self.frozen_stages, len(self.warehouse_manager.weights))):
-            self.warehouse_manager.weights[index].requires_grad = False
+        freeze_warehouses_of(frozen, self.warehouse_manager)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
