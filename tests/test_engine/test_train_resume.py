@@ -41,7 +41,8 @@ class Interrupt(Hook):
         self.epoch = epoch
 
     def after_train_epoch(self, runner):
-        if runner.epoch == self.epoch:
+        # mmengine counts the epoch up after this hook
+        if runner.epoch + 1 == self.epoch:
             raise KeyboardInterrupt('simulated kill')
 
 
