@@ -40,7 +40,7 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from mmkw.ops import Budget, WarehouseManager
-from .utils import freeze_warehouses_of, reset_kw_attentions
+from .utils import freeze_stages, reset_kw_attentions
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -283,12 +283,7 @@ class KWConvNeXt(BaseModule):
                 for m in (self.downsample_layers[i], self.stages[i])]
 
     def _freeze_stages(self) -> None:
-        frozen = self._frozen_modules()
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-        freeze_warehouses_of(frozen, self.warehouse_manager)
+        freeze_stages(self._frozen_modules(), self.warehouse_manager)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []

@@ -34,10 +34,9 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_activation_layer, build_conv_layer, build_norm_layer
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmkw.ops import Budget, WarehouseManager
-from .utils import freeze_warehouses_of, reset_kw_attentions
+from .utils import batch_norms_to_eval, freeze_stages, reset_kw_attentions
 
 LAYOUTS = ('pw_dw', 'expand_dw_linear', 'dw_last_pw')
 
@@ -267,12 +266,7 @@ class KWMobileNetV2(BaseModule):
                                for i in range(1, self.frozen_stages + 1)]
 
     def _freeze_stages(self) -> None:
-        frozen = self._frozen_modules()
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-        freeze_warehouses_of(frozen, self.warehouse_manager)
+        freeze_stages(self._frozen_modules(), self.warehouse_manager)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.conv1(x)
@@ -287,7 +281,5 @@ class KWMobileNetV2(BaseModule):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            batch_norms_to_eval(self)
         return self

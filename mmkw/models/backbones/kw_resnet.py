@@ -19,10 +19,9 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmkw.ops import WarehouseManager
-from .utils import freeze_warehouses_of
+from .utils import batch_norms_to_eval, freeze_stages
 
 
 def _conv_cfg(manager: Optional[WarehouseManager], stage: int) -> Optional[dict]:
@@ -283,12 +282,7 @@ class KWResNet(BaseModule):
         return modules
 
     def _freeze_stages(self) -> None:
-        frozen = self._frozen_modules()
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
-        freeze_warehouses_of(frozen, self.warehouse_manager)
+        freeze_stages(self._frozen_modules(), self.warehouse_manager)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -303,9 +297,7 @@ class KWResNet(BaseModule):
         super().train(mode)
         self._freeze_stages()
         if mode and self.norm_eval:
-            for module in self.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+            batch_norms_to_eval(self)
         return self
 
 

@@ -3,6 +3,7 @@ release's attention init when an mmengine ``init_cfg`` matches ``nn.Linear``."""
 from typing import Iterable, Optional
 
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmkw.ops import KWAttention, KWConv2d, WarehouseManager
 
@@ -33,3 +34,20 @@ def reset_kw_attentions(module: nn.Module) -> None:
     for attention in module.modules():
         if isinstance(attention, KWAttention):
             attention.reset_parameters()
+
+
+def freeze_stages(modules: Iterable[nn.Module], manager: Optional[WarehouseManager]) -> None:
+    """Eval mode and no gradient for ``modules`` and for the warehouses their KW convs use."""
+    modules = list(modules)
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad = False
+    freeze_warehouses_of(modules, manager)
+
+
+def batch_norms_to_eval(module: nn.Module) -> None:
+    """``norm_eval``: keep every BatchNorm (the attentions' BatchNorm1d included) in eval mode."""
+    for child in module.modules():
+        if isinstance(child, _BatchNorm):
+            child.eval()
