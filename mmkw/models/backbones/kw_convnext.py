@@ -40,7 +40,7 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from mmkw.ops import Budget, WarehouseManager
-from .utils import freeze_stages, reset_kw_attentions
+from .utils import freeze_stages, kw_conv_cfg, reset_kw_attentions
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -267,10 +267,7 @@ class KWConvNeXt(BaseModule):
         self._freeze_stages()
 
     def _conv_cfg(self, warehouse: str, budget=None) -> Optional[dict]:
-        if self.warehouse_manager is None:
-            return None
-        return dict(type='KWConv2d', warehouse_manager=self.warehouse_manager,
-                    warehouse_name=warehouse, budget=budget)
+        return kw_conv_cfg(self.warehouse_manager, warehouse, budget)
 
     def init_weights(self) -> None:
         super().init_weights()

@@ -36,7 +36,8 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from mmkw.ops import Budget, WarehouseManager
-from .utils import batch_norms_to_eval, freeze_stages, reset_kw_attentions
+from .utils import (batch_norms_to_eval, freeze_stages, kw_conv_cfg,
+                    reset_kw_attentions)
 
 LAYOUTS = ('pw_dw', 'expand_dw_linear', 'dw_last_pw')
 
@@ -229,10 +230,7 @@ class KWMobileNetV2(BaseModule):
         self._freeze_stages()
 
     def _conv_cfg(self, warehouse: str, budget=None) -> Optional[dict]:
-        if self.warehouse_manager is None:
-            return None
-        return dict(type='KWConv2d', warehouse_manager=self.warehouse_manager,
-                    warehouse_name=warehouse, budget=budget)
+        return kw_conv_cfg(self.warehouse_manager, warehouse, budget)
 
     def _block_conv_cfgs(self, stage: int) -> Tuple[Optional[dict], ...]:
         """Conv configs of (expansion, depthwise, reduction) for a block of KW stage ``stage``;

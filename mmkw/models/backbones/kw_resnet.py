@@ -21,15 +21,13 @@ from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
 from mmkw.ops import WarehouseManager
-from .utils import batch_norms_to_eval, freeze_stages
+from .utils import batch_norms_to_eval, freeze_stages, kw_conv_cfg
 
 
 def _conv_cfg(manager: Optional[WarehouseManager], stage: int) -> Optional[dict]:
     """A KW conv in warehouse ``stage``, or a normal conv for a stage before the first (and
     everywhere when KW is off)."""
-    if manager is None or stage < 0:
-        return None
-    return dict(type='KWConv2d', warehouse_manager=manager, warehouse_name=f'stage{stage}')
+    return None if stage < 0 else kw_conv_cfg(manager, f'stage{stage}')
 
 
 class KWBasicBlock(BaseModule):

@@ -51,3 +51,13 @@ def batch_norms_to_eval(module: nn.Module) -> None:
     for child in module.modules():
         if isinstance(child, _BatchNorm):
             child.eval()
+
+
+def kw_conv_cfg(manager: Optional[WarehouseManager], warehouse: str,
+                budget=None) -> Optional[dict]:
+    """``conv_cfg`` of a KW conv in ``warehouse`` for mmcv's ``build_conv_layer``, or None (a
+    normal conv) when the backbone is built without KW (``budget=None``)."""
+    if manager is None:
+        return None
+    return dict(type='KWConv2d', warehouse_manager=manager, warehouse_name=warehouse,
+                budget=budget)
