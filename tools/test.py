@@ -8,7 +8,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401  (registers KW modules and safe checkpoint loading)
-from mmkw.engine import setup_distributed
+from mmkw.engine import keep_freed_cpu_memory, setup_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -31,6 +31,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    # KW layers allocate B x params kernels every step (see mmkw/engine/allocator.py)
+    keep_freed_cpu_memory()
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint} does not exist')
     cfg = Config.fromfile(args.config)

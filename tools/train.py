@@ -7,7 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401  (registers KW modules and safe checkpoint loading)
-from mmkw.engine import setup_distributed
+from mmkw.engine import keep_freed_cpu_memory, setup_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,6 +69,8 @@ def merge_args(cfg: Config, args: argparse.Namespace) -> Config:
 
 def main() -> None:
     args = parse_args()
+    # KW layers allocate B x params kernels every step (see mmkw/engine/allocator.py)
+    keep_freed_cpu_memory()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -9,20 +9,9 @@ import argparse
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
 
-import mmkw  # noqa: F401
+from mmkw.analysis.models import build_model_from_config
 from mmkw.ops import WarehouseManager
-
-
-def build_model(cfg: Config) -> torch.nn.Module:
-    scope = cfg.get('default_scope', 'mmpretrain')
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    return MODELS.build(cfg.model)
 
 
 def warehouse_rows(model: torch.nn.Module) -> list:
@@ -53,7 +42,7 @@ def main() -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
-    model = build_model(cfg).eval()
+    model = build_model_from_config(cfg).eval()
     total = sum(p.numel() for p in model.parameters())
     backbone = sum(p.numel() for p in model.backbone.parameters())
     print(f'{args.config}\n  model {type(model).__name__} with backbone '

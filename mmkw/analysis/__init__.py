@@ -1,0 +1,1 @@
+"""Analysis helpers behind the scripts of ``tools/analysis``."""
