@@ -16,44 +16,11 @@ import torch.nn as nn
 from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
-from .per_sample_conv import (MIXTURE_MAX_POSITIONS, conv_output_size, mixture_conv2d,
-                              per_sample_conv2d)
+from .attention_options import (CAF_EPS, apply_attention_function,  # noqa: F401 (re-export)
+                                check_attention_function, init_beta, one_to_one_beta)
+from .per_sample_conv import (choose_path, conv_output_size, mixed_input_conv2d,
+                              mixture_conv2d, per_sample_conv2d)
 from .warehouse import WarehouseManager, WarehouseSpec
-
-CAF_EPS = 1e-3  # the release's epsilon in z / (sum|z| + eps)
-
-
-def one_to_one_beta(num_mixtures: int, num_cells: int, start: int,
-                    cell_num_ratio: float) -> Tuple[torch.Tensor, int]:
-    """beta of the one-to-one init strategy (paper A.2) for one conv.
-
-    Args:
-        num_mixtures: m of the conv.
-        num_cells: n of its warehouse.
-        start: the first warehouse cell not yet owned by an earlier conv.
-        cell_num_ratio: the budget b.
-
-    Returns:
-        ``beta`` of shape ``[m, n + 1]`` (the last column is the zero cell) and the next free
-        cell index. With ``b >= 1`` mixture ``i`` owns cell ``start + i*b``; with ``b < 1`` and
-        ``r = 1/b`` only mixtures with ``i % r == (i // r) % r`` own a cell (a diagonal
-        pattern, Figure 6a) and the others are assigned the zero cell.
-    """
-    beta = torch.zeros(num_mixtures, num_cells + 1)
-    if cell_num_ratio >= 1:
-        step = int(cell_num_ratio)
-        for i in range(num_mixtures):
-            beta[i, start] = 1
-            start += step
-    else:
-        r = int(round(1 / cell_num_ratio))
-        for i in range(num_mixtures):
-            if i % r == (i // r) % r:
-                beta[i, start] = 1
-                start += 1
-            else:
-                beta[i, num_cells] = 1
-    return beta, start
 
 
 class KWAttention(nn.Module):
@@ -251,14 +218,14 @@ class KWConv2d(nn.Module):
         weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
         return weight.reshape(attention.shape[0], *self.weight_shape)
 
-    def _uses_mixture_conv(self, x: torch.Tensor) -> bool:
-        if self.groups != 1 or self.cell_shape[2:] != (1, 1):
-            return False
+    def execution_path(self, x: torch.Tensor) -> str:
+        """'mixed_input', 'mixture' or 'assembled': see :func:`choose_path`."""
         positions = 1
         for i in range(2):
             positions *= conv_output_size(x.shape[2 + i], self.kernel_size[i], self.stride[i],
                                           self.padding[i], self.dilation[i])
-        return positions <= MIXTURE_MAX_POSITIONS
+        return choose_path(x.shape[0], positions, self.attention.num_cells, self.mixture_grid,
+                           self.cell_shape, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attention is None:
@@ -270,7 +237,12 @@ class KWConv2d(nn.Module):
             raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
                              f'{list(x.shape)}')
         attention = self.attention(x).to(x.dtype)
-        if self._uses_mixture_conv(x):
+        path = self.execution_path(x)
+        if path == 'mixed_input':
+            cells = self.warehouse_manager.cells(self.warehouse_index).to(x.dtype)
+            out = mixed_input_conv2d(x, attention, cells, self.mixture_grid, self.kernel_size,
+                                     self.stride, self.padding, self.dilation)
+        elif path == 'mixture':
             mixed = self.mix_cells(attention).flatten(-3)  # drop the 1x1 cell kernel
             out = mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
                                  self.dilation)

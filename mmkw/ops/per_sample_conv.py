@@ -1,12 +1,17 @@
 """Convolution of every sample with its own kernel, the second half of a KW conv.
 
-Two exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward):
+Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward):
 
 - a grouped conv over the batch folded into channels (the release's way): best on large
   feature maps, but its backward is pathologically slow on small ones (1.6 s against 80 ms for
   batch 64, 128 channels, 8x8);
 - im2col (``unfold``) and a batched matmul: best on small maps and for 1x1 kernels, where no
-  unfold is needed at all.
+  unfold is needed at all;
+- :func:`mixture_conv2d`: the same from kernels still in the cell order of the assembly;
+- :func:`mixed_input_conv2d`: no per-sample kernels at all, for maps so small that mixing the
+  input is cheaper than assembling kernels.
+
+:func:`choose_path` picks one for a conv and an input size.
 """
 from typing import Tuple
 
@@ -92,3 +97,78 @@ def mixture_conv2d(x: torch.Tensor, mixed: torch.Tensor, kernel_size: Tuple[int,
         cols = cols.permute(0, 3, 1, 2, 4).unsqueeze(2)
     products = torch.matmul(mixed, cols)  # [B, S, G_out, G_in, c_out, L]
     return products.sum(dim=(1, 3)).view(batch, groups_out * cell_out, out_h, out_w)
+
+
+def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Tensor,
+                       mixture_grid: Tuple[int, int, int], kernel_size: Tuple[int, int],
+                       stride: Tuple[int, int], padding: Tuple[int, int],
+                       dilation: Tuple[int, int]) -> torch.Tensor:
+    """A groups=1 KW conv with 1x1 cells that mixes the input instead of the cells.
+
+    With kernel position ``s``, output group ``o``, input group ``c`` and warehouse cell ``j``,
+    Eq. 3 gives ``y[b, o] = sum_{s,c} (sum_j alpha[b,s,o,c,j] E_j) x[b,s,c]``, where
+    ``x[b,s,c]`` is the unfolded input slice the cell meets. Reordering the sums,
+    ``y[b, o] = sum_j E_j z[b,o,j]`` with ``z[b,o,j] = sum_{s,c} alpha[b,s,o,c,j] x[b,s,c]``:
+    the attention mixes the input, and one matmul over the whole batch applies the
+    warehouse. It costs about ``n * L`` multiply-adds per cell weight and sample (``L``
+    output positions) against ``S * G_in * (n + L)`` for assembling kernels and convolving,
+    and it never holds ``B x params`` kernels: the better choice on small feature maps.
+
+    Args:
+        x: ``[B, C_in, H, W]``.
+        attention: ``[B, m, n]``, mixtures in the release order ``(s, o, c)``.
+        cells: the warehouse, ``[n, c_out, c_in, 1, 1]``.
+        mixture_grid: ``(S, G_out, G_in)``.
+
+    Returns:
+        ``[B, G_out * c_out, H_out, W_out]``.
+    """
+    batch, _, height, width = x.shape
+    spatial, groups_out, groups_in = mixture_grid
+    num_cells, cell_out, cell_in = cells.shape[:3]
+    kh, kw = kernel_size
+    out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
+    out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
+    positions = out_h * out_w
+    if kh == kw == 1 and padding == (0, 0):
+        if stride != (1, 1):
+            x = x[:, :, ::stride[0], ::stride[1]]
+        cols = x.reshape(batch, groups_in, cell_in, 1, positions)
+    else:
+        cols = F.unfold(x, kernel_size, dilation, padding, stride)
+        cols = cols.view(batch, groups_in, cell_in, spatial, positions)
+    alpha = attention.view(batch, spatial, groups_out, groups_in, num_cells)
+    # z laid out [(j, cell_in), (b, o, l)] so that the warehouse applies in one matmul
+    mixed = torch.einsum('bsocj,bcisl->jibol', alpha, cols)
+    warehouse = cells.reshape(num_cells, cell_out, cell_in).transpose(0, 1)
+    out = torch.mm(warehouse.reshape(cell_out, num_cells * cell_in),
+                   mixed.reshape(num_cells * cell_in, batch * groups_out * positions))
+    out = out.view(cell_out, batch, groups_out, positions).permute(1, 2, 0, 3)
+    return out.reshape(batch, groups_out * cell_out, out_h, out_w)
+
+
+# Mixing the input is chosen when its multiply-adds are at most this many times those of
+# assembling kernels: the assembly matmul has an inner size of only n and is bound by memory,
+# so it runs at about half the rate of the warehouse matmul (measured on 2 cores: equal speed
+# at a ratio of 1.9, mixing 1.2x faster at 1.4, 2.3x slower at 3).
+MIXED_INPUT_MAX_COST_RATIO = 2.0
+
+
+def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[int, int, int],
+                cell_shape: Tuple[int, ...], groups: int) -> str:
+    """How a KW conv runs on an input with ``positions`` output positions.
+
+    Returns 'mixed_input' (:func:`mixed_input_conv2d`), 'mixture' (assemble, then
+    :func:`mixture_conv2d`) or 'assembled' (assemble kernels in conv layout, then
+    :func:`per_sample_conv2d`).
+    """
+    if groups != 1 or tuple(cell_shape[2:]) != (1, 1):
+        return 'assembled'
+    spatial, _, groups_in = mixture_grid
+    cell_out = cell_shape[0]
+    # multiply-adds per cell weight and sample (see mixed_input_conv2d)
+    mixed_cost = num_cells * positions * (1 + spatial * groups_in / cell_out)
+    assembled_cost = spatial * groups_in * (num_cells + positions)
+    if mixed_cost <= MIXED_INPUT_MAX_COST_RATIO * assembled_cost:
+        return 'mixed_input'
+    return 'mixture' if positions <= MIXTURE_MAX_POSITIONS else 'assembled'

@@ -57,7 +57,10 @@ CASES = [
     (16, 32, 3, 1, 2, '1x', 1.0, 8),     # grouped conv: unfold + bmm
     (16, 16, 3, 1, 16, '1x', 1.0, 8),    # depthwise: unfold + bmm
     (16, 16, 5, 1, 16, '1/2x', 1.0, 16),  # depthwise 5x5: grouped conv
-    (16, 32, 1, 1, 1, '1/4x', 1.0, 20),  # 1x1 without unfold (400 positions)
+    (16, 32, 1, 1, 1, '1/2x', 1.0, 20),  # 1x1 without unfold (400 positions)
+    (16, 32, 3, 1, 1, '1x', 1.0, 2),     # mixed input (4 positions)
+    (16, 32, 3, 2, 1, '1/2x', 1.0, 4),   # mixed input, strided, 2x2 channel groups
+    (16, 32, 1, 2, 1, '1x', 1.0, 4),     # mixed input, 1x1 strided
 ]
 
 
@@ -75,10 +78,10 @@ def test_fast_path_matches_reference(case, mode):
     params = [p for p in pair.parameters() if p.requires_grad]
 
     def run(forward):
-        torch.manual_seed(1)
         xi = x.clone().requires_grad_()
         out = forward(conv, xi)
-        weights = torch.randn_like(out)
+        # drawn from its own generator: a forward pass may consume the global one
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
         grads = torch.autograd.grad((out * weights).sum(), [xi] + params, allow_unused=True)
         return out, grads
 
@@ -96,17 +99,31 @@ def test_fast_path_matches_reference(case, mode):
 
 
 def test_cases_cover_every_path(monkeypatch):
+    paths = set()
     calls = []
     monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
     for case in CASES:
         in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
         pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis)
-        pair.conv(torch.randn(2, in_ch, size, size))
+        x = torch.randn(3, in_ch, size, size)
+        paths.add(pair.conv.execution_path(x))
+        pair.conv(x)
+    assert paths == {'mixed_input', 'mixture', 'assembled'}
+    # the assembled path itself has an unfold + bmm and a grouped-conv branch
     assert {'unfold', 'conv2d'} <= set(calls)
-    # and the cell-ordered path
-    pair = Pair(16, 32, 3, 1, 1, '1x', 1.0)
-    assert pair.conv._uses_mixture_conv(torch.randn(1, 16, 6, 6))
-    assert not pair.conv._uses_mixture_conv(torch.randn(1, 16, 12, 12))
+
+
+def test_path_choice_follows_the_cost_model():
+    # KW ResNet-18 1x stage 4 (n=27, 512x512 cells, 3x3): 2x2 maps of the 16x16 digits demo
+    # mix the input; 14x14 maps assemble kernels; 7x7 maps are near the break-even point.
+    grid, cell = (9, 1, 1), (512, 512, 1, 1)
+    assert psc.choose_path(16, 4, 27, grid, cell, 1) == 'mixed_input'
+    assert psc.choose_path(16, 196, 27, grid, cell, 1) == 'assembled'
+    # KW stage 2 at 8x8 (n=47, 128x128 cells): assembly is 3x cheaper
+    assert psc.choose_path(16, 64, 47, grid, (128, 128, 1, 1), 1) == 'mixture'
+    # grouped convs and whole-kernel cells always assemble
+    assert psc.choose_path(16, 4, 27, grid, cell, 2) == 'assembled'
+    assert psc.choose_path(16, 4, 27, (1, 1, 1), (512, 512, 3, 3), 1) == 'assembled'
 
 
 def test_whole_kernel_cells_without_partition():
