@@ -4,7 +4,8 @@
 #   2. print the parameter count and warehouse table of the classifier and the detector;
 #   3. pretrain KW ResNet-18 (1x) on digits with the tau schedule, evaluate top-1;
 #   4. fine-tune Mask R-CNN with that backbone (init strategy off) on shapes, evaluate COCO
-#      box and mask AP.
+#      box and mask AP;
+#   5. draw the classifier's mean learnt attentions per warehouse (work_dirs/vis_attention).
 # DEMO_BASELINE=1 also runs the same two stages with plain ResNet-18 for comparison.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +34,11 @@ fi
 for config in "${configs[@]}"; do
   run "$config"
 done
+
+# the learnt attentions of the pretrained classifier, one heatmap per warehouse (paper Figure 3)
+CLS_DIR="work_dirs/$(basename "$CLS" .py)"
+"$PY" tools/analysis/vis_attention.py "$CLS" "$(cat "$CLS_DIR/last_checkpoint")" --data data/digits \
+  --out work_dirs/vis_attention/"$(basename "$CLS" .py)"
 
 echo "================ demo results ================"
 cat work_dirs/demo_times.txt

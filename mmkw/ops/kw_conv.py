@@ -36,6 +36,12 @@ class KWAttention(nn.Module):
         norm: 'BN' or 'LN'.
         nonlocal_basis_ratio: < 1 computes the logits of the cells the conv does not own from
             a basis of ``max(int(N * ratio), 16)`` logits through ``fc3``.
+        attention_function: 'caf' (Eq. 4, the default), 'softmax', 'sigmoid' or 'relu_norm'
+            (the alternatives of Table 8); see :mod:`mmkw.ops.attention_options`.
+        share_cells: False removes warehouse sharing altogether (Table 6, "without sharing"):
+            mixture ``i`` only uses its own cell ``start + i`` (needs b = 1), so ``fc2`` yields
+            two logits per mixture (its cell and the zero cell) and the attentions ``[B, m, n]``
+            are zero off that diagonal.
 
     ``forward`` maps ``[B, C_in, H, W]`` to attentions ``[B, m, n]``. ``temperature`` (tau) is
     a plain attribute, 0 unless a hook sets it, and ``beta`` a non-persistent buffer: neither is
@@ -44,9 +50,18 @@ class KWAttention(nn.Module):
 
     def __init__(self, in_channels: int, num_mixtures: int, num_cells: int, start: int,
                  cell_num_ratio: float, reduction: float = 1 / 16, norm: str = 'BN',
-                 nonlocal_basis_ratio: float = 1.0) -> None:
+                 nonlocal_basis_ratio: float = 1.0, attention_function: str = 'caf',
+                 share_cells: bool = True) -> None:
         super().__init__()
         hidden = max(int(in_channels * reduction), 16)
+        self.attention_function = check_attention_function(attention_function)
+        self.share_cells = share_cells
+        if not share_cells and (nonlocal_basis_ratio < 1 or cell_num_ratio != 1
+                                or start + num_mixtures > num_cells):
+            raise ValueError('KWAttention(share_cells=False) gives each mixture its own cell: it '
+                             f'needs b = 1 (got {cell_num_ratio}), no nonlocal basis (got ratio '
+                             f'{nonlocal_basis_ratio}) and cells {start}..{start + num_mixtures} '
+                             f'within n={num_cells}')
         self.num_mixtures = num_mixtures
         self.num_cells = num_cells
         self.start = start
@@ -65,6 +80,8 @@ class KWAttention(nn.Module):
                 warnings.filterwarnings('ignore', 'Initializing zero-element tensors')
                 self.fc3 = nn.Linear(self.num_basis, self.num_nonlocal, bias=False)
             self.basis_bias = nn.Parameter(torch.zeros(num_mixtures * (num_cells + 1)))
+        elif not share_cells:
+            self.fc2 = nn.Linear(hidden, num_mixtures * 2)  # own cell and zero cell
         else:
             self.fc2 = nn.Linear(hidden, num_mixtures * (num_cells + 1))
         self.register_buffer('beta', torch.zeros(num_mixtures, num_cells + 1), persistent=False)
@@ -85,10 +102,13 @@ class KWAttention(nn.Module):
             nn.init.zeros_(self.basis_bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``z`` of shape ``[B, m, n + 1]`` (last column: the zero cell)."""
+        """Logits ``z`` of shape ``[B, m, n + 1]`` (last column: the zero cell); ``[B, m, 2]``
+        (own cell, zero cell) when ``share_cells`` is False."""
         pooled = x.flatten(2).mean(dim=2)
         hidden = self.act1(self.norm1(self.fc1(pooled)))
         z = self.fc2(hidden)
+        if not self.share_cells:
+            return z.view(-1, self.num_mixtures, 2)
         if not self.use_basis:
             return z.view(-1, self.num_mixtures, self.num_cells + 1)
         z = z.view(-1, self.num_local + self.num_basis + 1)
@@ -100,11 +120,24 @@ class KWAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.logits(x)
-        alpha = z / (z.abs().sum(dim=2, keepdim=True) + CAF_EPS)
+        if self.attention_function == 'caf':
+            alpha = z / (z.abs().sum(dim=2, keepdim=True) + CAF_EPS)
+        else:  # the ablations of Table 8; the zero-cell column is dropped below in all cases
+            alpha = apply_attention_function(z, self.attention_function)
+        if not self.share_cells:
+            alpha = self._own_cells(alpha)
         tau = self.temperature
         if tau != 0:
             alpha = (1 - tau) * alpha + tau * self.beta.to(alpha.dtype)
         return alpha[:, :, :-1]
+
+    def _own_cells(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``[B, m, n + 1]`` attentions from ``[B, m, 2]`` ones over (own cell, zero cell)."""
+        full = alpha.new_zeros(alpha.shape[0], self.num_mixtures, self.num_cells + 1)
+        rows = torch.arange(self.num_mixtures, device=alpha.device)
+        full[:, rows, self.start + rows] = alpha[:, :, 0]
+        full[:, :, -1] = alpha[:, :, 1]
+        return full
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -196,8 +229,10 @@ class KWConv2d(nn.Module):
         b = spec.budget.cell_num_ratio
         self.attention = KWAttention(self.in_channels, num_mixtures, spec.num_cells, start, b,
                                      manager.reduction, manager.attention_norm,
-                                     manager.nonlocal_basis_ratio)
-        beta, end = one_to_one_beta(num_mixtures, spec.num_cells, start, b)
+                                     manager.nonlocal_basis_ratio, manager.attention_function,
+                                     manager.share_cells)
+        beta, end = init_beta(manager.attention_init, num_mixtures, spec.num_cells, start, b,
+                              where=f'warehouse {spec.name!r}: ')
         self.attention.beta.copy_(beta)
         self.attention.init_strategy = manager.attention_init is not None
         return end

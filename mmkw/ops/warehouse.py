@@ -4,8 +4,8 @@ A :class:`WarehouseManager` is owned by a backbone. KW convs *reserve* a place i
 warehouse while the backbone is constructed; :meth:`WarehouseManager.build` then fixes the cell
 shape of every warehouse from the greatest common divisors of its convs' kernels, creates the
 cell tensors, and binds each conv (in ``model.modules()`` order) to its cells: the conv gets its
-attention module, its beta (the one-to-one init of A.2) and ownership of the cells it
-initialises.
+attention module, its beta (the init strategy of A.2, one-to-one by default) and ownership of
+the cells it initialises.
 
 The layout follows the official release so that its checkpoints load by renaming keys only:
 warehouse ``w`` (in order of first reservation) is the parameter ``weights.{w}`` of shape
@@ -19,9 +19,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .attention_options import (ATTENTION_INITS, check_attention_function,  # noqa: F401
+                                check_attention_init, whole)
 from .budget import Budget, BudgetLike
 
-ATTENTION_INITS = ('one_to_one', None)
+# init strategies whose beta gives every cell to some mixture (the walk must use up the cells)
+OWNING_INITS = ('one_to_one', 'n_to_one', 'one_to_n')
 
 
 @dataclass
@@ -59,8 +62,21 @@ class WarehouseManager(nn.Module):
             bias; KW-ConvNeXt).
         spatial_partition: split kernels into 1x1 spatial cells (the paper); False makes
             cells span the whole spatial kernel.
-        attention_init: 'one_to_one' (A.2) or None to disable the init strategy (tau is then
-            held at 0, as for fine-tuning).
+        attention_init: the init strategy of beta (A.2, Table 13): 'one_to_one' (the paper's),
+            'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1), or None / 'none' to disable
+            it (tau is then held at 0, as for fine-tuning, and Table 9's "without" row). See
+            :mod:`mmkw.ops.attention_options`.
+        attention_function: 'caf' (Eq. 4, the paper's), 'softmax', 'sigmoid' or 'relu_norm'
+            (Table 8's alternatives), network-wide.
+        kernel_partition: False turns kernel partition off (Table 5's "without" row): every
+            cell is a whole kernel ``[out, in/groups, kh, kw]`` (m = 1 per conv), so KW becomes
+            DY-Conv-style mixing of whole kernels from a shared warehouse (§3.5). All kernels of
+            a warehouse must then have one shape (share warehouses among same-dimensioned
+            kernels only, Table 7); the budget's cell-size ratios do not apply.
+        share_cells: False removes warehouse sharing altogether (Table 6's "without sharing"
+            row): every mixture uses only its own cell (``w_i = alpha_i e_i``), so a conv's
+            kernel cells are scaled by attentions instead of mixed. Needs b = 1, no nonlocal
+            basis and attention_init 'one_to_one' or None.
     """
 
     def __init__(self,
@@ -69,15 +85,29 @@ class WarehouseManager(nn.Module):
                  nonlocal_basis_ratio: float = 1.0,
                  attention_norm: str = 'BN',
                  spatial_partition: bool = True,
-                 attention_init: Optional[str] = 'one_to_one') -> None:
+                 attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
+                 kernel_partition: bool = True,
+                 share_cells: bool = True) -> None:
         super().__init__()
         if attention_norm not in ('BN', 'LN'):
             raise ValueError(f"attention_norm must be 'BN' or 'LN', got {attention_norm!r}")
-        if attention_init == 'none':
-            attention_init = None
-        if attention_init not in ATTENTION_INITS:
-            raise ValueError(f'attention_init must be one of {ATTENTION_INITS}, '
-                             f'got {attention_init!r}')
+        attention_init = check_attention_init(attention_init)
+        self.attention_function = check_attention_function(attention_function)
+        if not isinstance(kernel_partition, bool):
+            raise ValueError(f'kernel_partition must be True or False, got {kernel_partition!r}')
+        self.kernel_partition = kernel_partition
+        if not share_cells:
+            if Budget.parse(budget).cell_num_ratio != 1:
+                raise ValueError('share_cells=False gives every mixture its own cell and needs '
+                                 f'the budget b = 1, got {budget!r}')
+            if nonlocal_basis_ratio < 1:
+                raise ValueError('share_cells=False has no nonlocal cells: nonlocal_basis_ratio '
+                                 f'must be 1, got {nonlocal_basis_ratio}')
+            if attention_init not in ('one_to_one', None):
+                raise ValueError("share_cells=False needs attention_init 'one_to_one' or None "
+                                 f'(a mixture cannot reach other cells), got {attention_init!r}')
+        self.share_cells = share_cells
         if not 0 < reduction <= 1:
             raise ValueError(f'reduction must be in (0, 1], got {reduction}')
         if not 0 < nonlocal_basis_ratio <= 1:
@@ -115,6 +145,9 @@ class WarehouseManager(nn.Module):
     def _plan(self, spec: WarehouseSpec) -> None:
         shapes = spec.kernel_shapes
         budget = spec.budget
+        if not self.kernel_partition:
+            self._plan_whole_kernels(spec)
+            return
         out_gcd = reduce(math.gcd, (s[0] for s in shapes))
         in_gcd = reduce(math.gcd, (s[1] for s in shapes))
         cell_out = max(int(out_gcd * budget.cell_outplane_ratio), 1)
@@ -135,14 +168,31 @@ class WarehouseManager(nn.Module):
                                  f'kernels need one spatial size, got {[s[2:] for s in shapes]}')
         spec.cell_shape = (cell_out, cell_in, *cell_kernel)
         spec.num_mixtures = [num_mixtures(s, spec.cell_shape) for s in shapes]
-        b = budget.cell_num_ratio
-        if self.attention_init is not None:
-            # One-to-one ownership needs whole cells per mixture (b >= 1) or whole mixtures
-            # per cell (b < 1); otherwise the warehouse cannot be fully owned (A.2).
-            per = b if b >= 1 else 1 / b
-            if abs(per - round(per)) > 1e-6:
+        self._check_init(spec)
+
+    def _plan_whole_kernels(self, spec: WarehouseSpec) -> None:
+        # Without kernel partition a cell is a whole kernel, which only exists when all
+        # kernels of the warehouse have one shape.
+        shapes = spec.kernel_shapes
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(
+                f'warehouse {spec.name!r}: kernel_partition=False makes every cell a whole '
+                f'kernel, but its kernels have different shapes {sorted(set(shapes))}; share '
+                "warehouses among same-shaped kernels only (e.g. KWResNet(sharing_dims="
+                "'exact')) or turn kernel partition on")
+        spec.cell_shape = tuple(shapes[0])
+        spec.num_mixtures = [1] * len(shapes)
+        self._check_init(spec)
+
+    def _check_init(self, spec: WarehouseSpec) -> None:
+        b = spec.budget.cell_num_ratio
+        if self.attention_init in OWNING_INITS:
+            # These strategies need whole cells per mixture (b >= 1) or whole mixtures per
+            # cell (b < 1); otherwise the warehouse cannot be fully owned (A.2).
+            if not whole(b if b >= 1 else 1 / b):
                 raise ValueError(f'warehouse {spec.name!r}: budget b={b} cannot be initialised '
-                                 'one to one: b or 1/b must be a whole number')
+                                 f'with attention_init={self.attention_init!r}: b or 1/b must '
+                                 'be a whole number')
 
     def build(self, model: nn.Module) -> None:
         """Create the warehouses and bind every KW conv of ``model`` reserved here.
@@ -180,10 +230,13 @@ class WarehouseManager(nn.Module):
                     f'warehouse {spec.name!r}: {len(spec.kernel_shapes)} convs reserved it but '
                     f'{bound[index]} were found in the model passed to build(); a KW conv must '
                     'live inside the module that owns its warehouse manager')
-            if self.attention_init is not None and starts[index] != spec.num_cells:
-                raise ValueError(f'warehouse {spec.name!r}: the one-to-one init assigned '
-                                 f'{starts[index]} of its n={spec.num_cells} cells (mt='
+            if self.attention_init in OWNING_INITS and starts[index] != spec.num_cells:
+                raise ValueError(f'warehouse {spec.name!r}: the {self.attention_init} init '
+                                 f'assigned {starts[index]} of its n={spec.num_cells} cells (mt='
                                  f'{sum(spec.num_mixtures)}, b={spec.budget.b})')
+            # Cells no conv owns (only without beta and with a budget whose b and 1/b are not
+            # whole) still need an init: they take the fan-out of the warehouse's cell.
+            self._init_owned_cells(index, starts[index], spec.num_cells)
         self.built = True
 
     def _init_owned_cells(self, index: int, start: int, end: int) -> None:

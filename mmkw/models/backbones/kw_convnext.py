@@ -139,7 +139,9 @@ class KWConvNeXt(BaseModule):
             per stage ('release'), three in the third stage ('paper', Table 14).
         reduction: attention hidden width ratio; None: 1/16 ('release') or 1/32 ('paper').
         attention_init: 'one_to_one' (paper A.2; tau schedules apply) or None to disable the
-            init strategy, holding tau at 0 (fine-tuning, A.1.2).
+            init strategy, holding tau at 0 (fine-tuning, A.1.2); the
+            ablations of Table 13: 'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
+        attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
         in_channels: input image channels.
         stem_patch_size: kernel and stride of the stem conv.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
@@ -174,6 +176,7 @@ class KWConvNeXt(BaseModule):
                  warehouse_groups: Optional[Sequence[int]] = None,
                  reduction: Optional[float] = None,
                  attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
                  in_channels: int = 3,
                  stem_patch_size: int = 4,
                  drop_path_rate: float = 0.0,
@@ -228,7 +231,8 @@ class KWConvNeXt(BaseModule):
         half_last_pw = budget is not None and Budget.parse(budget) == Budget.parse('3/4x')
         self.warehouse_manager = None if budget is None else WarehouseManager(
             budget='1x' if half_last_pw else budget, reduction=reduction,
-            attention_norm='LN', attention_init=attention_init)
+            attention_norm='LN', attention_init=attention_init,
+            attention_function=attention_function)
         groups = [(i, g) for i, n in enumerate(self.warehouse_groups) for g in range(n)]
         half_pw_groups = set(groups[-2:]) if half_last_pw else set()
 

@@ -132,7 +132,9 @@ class KWMobileNetV2(BaseModule):
         reduction: attention hidden width ratio; None takes the release's: 1/32 in the
             ``'dw_last_pw'`` layout, 1/16 otherwise.
         attention_init: 'one_to_one' (paper A.2; tau schedules apply) or None to disable the
-            init strategy, holding tau at 0 (fine-tuning, A.1.2).
+            init strategy, holding tau at 0 (fine-tuning, A.1.2); the
+            ablations of Table 13: 'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
+        attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
         out_indices: outputs to return, 0-6 for ``layer1``-``layer7`` and 7 for ``conv2``.
         frozen_stages: -1 freezes nothing, 0 the stem (``conv1``), k the stem and ``layer1``..
             ``layer{k}``; the warehouses their KW convs draw from are frozen with them, so that
@@ -163,6 +165,7 @@ class KWMobileNetV2(BaseModule):
                  layout: Optional[str] = None,
                  reduction: Optional[float] = None,
                  attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
                  out_indices: Sequence[int] = (7, ),
                  frozen_stages: int = -1,
                  norm_cfg: dict = dict(type='BN'),
@@ -198,7 +201,7 @@ class KWMobileNetV2(BaseModule):
             self.layout = layout
             self.warehouse_manager = WarehouseManager(
                 budget=budget, reduction=reduction, attention_norm='BN',
-                attention_init=attention_init)
+                attention_init=attention_init, attention_function=attention_function)
 
         channels = make_divisible(32 * widen_factor, 8)
         # the stem has its own warehouse (whole gcd cells, b = 1 in the 'dw_last_pw' layout)

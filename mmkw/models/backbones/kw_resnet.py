@@ -6,6 +6,29 @@ of stage ``s`` (0-based) puts its first conv and its strided downsample conv int
 of the next one. The stem is a normal conv; in stage 0 a Bottleneck's first 1x1 conv and the
 stride-1 downsample stay normal convs.
 
+Sharing range, for the paper's ablations (the default ``sharing='stage'``, ``sharing_dims='all'``
+is the release's one warehouse per reassigned stage):
+
+* ``sharing`` (Table 6, "in terms of layer"; the paper's *layer* is a convolutional layer, §3.3
+  "layer-specific warehouse"): ``'layer'`` gives every conv its own warehouse, shared by its
+  ``m`` mixtures (ResNet18 KW 1x: 11.81M, the paper's "within each layer" row); ``'none'`` also
+  stops the mixtures of one conv from sharing cells, each using only its own
+  (``share_cells=False`` of the manager; 11.78M, the "without sharing" row); ``'block'``, not in
+  the paper's tables, shares within each residual block as the release's
+  ``sharing_range=('conv',)`` does (the entry convs that Table 15 reassigns to the previous
+  stage each get their own warehouse; ResNet18 KW 1x: 11.82M).
+* ``sharing_dims`` (Table 7, "in terms of static kernel dimensions"): ``'same'`` gives each
+  stage one warehouse per conv position in the block (the release's
+  ``sharing_range=('layer',)``): the 1x1 reduce convs, the 3x3 convs and the 1x1 expand convs
+  share separately, and the reassigned entry conv and downsample join the reduce convs (same
+  kernel size, other channel counts). This reproduces Table 7's ResNet50 KW 1x count, 26.95M.
+  ``'exact'`` splits by the exact kernel shape instead (26.93M), so that whole-kernel cells
+  (``kernel_partition=False``, Table 5) can be shared.
+
+Warehouse names: ``stage{s}`` (per stage), ``layer{s+1}.{block}`` (per block),
+``layer{s+1}.{block}.conv{k}`` / ``.downsample`` (per conv), with ``_conv{k}`` (``'same'``) or
+``_{out}x{in}x{kh}x{kw}`` (``'exact'``) appended.
+
 Freezing (``frozen_stages = k``): the stem, stages ``1..k`` and the warehouses ``0..k-1`` they
 draw their cells from are frozen, so the frozen stages compute a fixed function. The entry
 convs of stage ``k + 1`` keep trainable attentions over the frozen cells of warehouse ``k-1``.
@@ -24,10 +47,8 @@ from mmkw.ops import WarehouseManager
 from .utils import batch_norms_to_eval, freeze_stages, kw_conv_cfg
 
 
-def _conv_cfg(manager: Optional[WarehouseManager], stage: int) -> Optional[dict]:
-    """A KW conv in warehouse ``stage``, or a normal conv for a stage before the first (and
-    everywhere when KW is off)."""
-    return None if stage < 0 else kw_conv_cfg(manager, f'stage{stage}')
+SHARING_RANGES = ('stage', 'block', 'layer', 'none')
+SHARING_DIMS = ('all', 'same', 'exact')
 
 
 class KWBasicBlock(BaseModule):
@@ -125,7 +146,20 @@ class KWResNet(BaseModule):
         nonlocal_basis_ratio: < 1 enables the nonlocal-basis attention (1/16 for the
             release's ResNet50 KW 1/2x).
         attention_init: 'one_to_one' (paper A.2; tau schedules apply) or None to disable the
-            init strategy, holding tau at 0 (fine-tuning, A.1.2).
+            init strategy, holding tau at 0 (fine-tuning, A.1.2); the ablations of Table 13:
+            'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
+        attention_function: 'caf' (the paper's, Eq. 4) or the ablations of Table 8:
+            'softmax', 'sigmoid', 'relu_norm' (``max(z, 0) / sum|z|``).
+        sharing: warehouse sharing range in terms of layers (Table 6): 'stage' (the paper's,
+            reassigned stages of Table 15), 'layer' (one warehouse per conv), 'none' (no
+            sharing: each mixture uses its own cell; needs b = 1) or 'block' (per residual
+            block, the release's option). See the module docstring.
+        sharing_dims: 'all' (the paper's: kernels of different dimensions share a warehouse),
+            'same' (Table 7's same-dimensioned kernels: one warehouse per conv position) or
+            'exact' (one warehouse per exact kernel shape).
+        kernel_partition: False makes every cell a whole kernel (Table 5's "without" row);
+            needs warehouses of one kernel shape: ``sharing_dims='exact'`` or
+            ``sharing='layer'`` / ``'none'``.
         in_channels: input image channels.
         stem_channels: output channels of the stem.
         stem_kernel_size: kernel of the stem conv (7; 3 for small inputs).
@@ -164,6 +198,10 @@ class KWResNet(BaseModule):
                  reduction: float = 1 / 16,
                  nonlocal_basis_ratio: float = 1.0,
                  attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
+                 sharing: str = 'stage',
+                 sharing_dims: str = 'all',
+                 kernel_partition: bool = True,
                  in_channels: int = 3,
                  stem_channels: int = 64,
                  stem_kernel_size: int = 7,
@@ -197,6 +235,17 @@ class KWResNet(BaseModule):
             raise ValueError(f'out_indices {tuple(out_indices)} must lie in [0, {num_stages})')
         if not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        if sharing not in SHARING_RANGES:
+            raise ValueError(f'sharing must be one of {SHARING_RANGES}, got {sharing!r}')
+        if sharing_dims not in SHARING_DIMS:
+            raise ValueError(f'sharing_dims must be one of {SHARING_DIMS}, got {sharing_dims!r}')
+        if not kernel_partition and sharing in ('stage', 'block') and sharing_dims != 'exact':
+            raise ValueError("kernel_partition=False makes every cell a whole kernel, so a "
+                             "warehouse can only hold kernels of one shape: set "
+                             f"sharing_dims='exact' or sharing='layer' (got sharing={sharing!r}, "
+                             f"sharing_dims={sharing_dims!r})")
+        self.sharing = sharing
+        self.sharing_dims = sharing_dims
         self.depth = depth
         self.num_stages = num_stages
         self.out_indices = tuple(out_indices)
@@ -209,7 +258,9 @@ class KWResNet(BaseModule):
 
         self.warehouse_manager = None if budget is None else WarehouseManager(
             budget=budget, reduction=reduction, nonlocal_basis_ratio=nonlocal_basis_ratio,
-            attention_norm='BN', attention_init=attention_init)
+            attention_norm='BN', attention_init=attention_init,
+            attention_function=attention_function, kernel_partition=kernel_partition,
+            share_cells=sharing != 'none')
         self.conv1 = nn.Conv2d(in_channels, stem_channels, stem_kernel_size, stride=stem_stride,
                                padding=stem_kernel_size // 2, bias=False)
         self.bn1 = build_norm_layer(norm_cfg, stem_channels)[1]
@@ -235,28 +286,60 @@ class KWResNet(BaseModule):
             self.warehouse_manager.build(self)
         self._freeze_stages()
 
+    def _conv_cfg(self, warehouse_stage: int, block: str, conv: str,
+                  shape: Tuple[int, int, int]) -> Optional[dict]:
+        """``conv_cfg`` of the conv ``{block}.{conv}`` (e.g. ``layer2.0``, ``conv1``) of weight
+        shape ``(out, in, k)`` whose (Table 15) warehouse stage is ``warehouse_stage``: a normal
+        conv for a stage before the first (and everywhere when KW is off), else a KW conv in
+        the warehouse that ``sharing`` and ``sharing_dims`` select."""
+        if warehouse_stage < 0 or self.warehouse_manager is None:
+            return None
+        block_stage = int(block[len('layer'):].split('.')[0]) - 1
+        if self.sharing == 'stage':
+            name = f'stage{warehouse_stage}'
+        elif self.sharing in ('layer', 'none') or warehouse_stage != block_stage:
+            # One warehouse per conv; in 'block' mode a conv reassigned to the previous stage
+            # also forms one of its own, as with the release's sharing_range=('conv',).
+            name = f'{block}.{conv}'
+        else:
+            name = block
+        if self.sharing_dims == 'same':
+            # the release's per-position names: the downsample conv is its block's 'conv0'
+            name += '_' + ('conv1' if conv == 'downsample' else conv)
+        elif self.sharing_dims == 'exact':
+            out_ch, in_ch, k = shape
+            name += f'_{out_ch}x{in_ch}x{k}x{k}'
+        return kw_conv_cfg(self.warehouse_manager, name)
+
     def _make_layer(self, stage: int, in_channels: int, out_channels: int, num_blocks: int,
                     stride: int, norm_cfg: dict, dpr: Sequence[float],
                     with_cp: bool) -> nn.Sequential:
-        manager = self.warehouse_manager
         previous = stage - 1  # Table 15: entry convs join the previous stage's warehouse
+        layer = f'layer{stage + 1}'
         downsample = None
         if stride != 1 or in_channels != out_channels:
             # Only a strided downsample is a KW conv in the release.
-            ds_cfg = _conv_cfg(manager, previous) if stride != 1 else None
+            ds_cfg = (self._conv_cfg(previous, f'{layer}.0', 'downsample',
+                                     (out_channels, in_channels, 1)) if stride != 1 else None)
             downsample = nn.Sequential(
                 build_conv_layer(ds_cfg, in_channels, out_channels, 1, stride=stride,
                                  bias=False),
                 build_norm_layer(norm_cfg, out_channels)[1])
         blocks = []
         for index in range(num_blocks):
+            block = f'{layer}.{index}'
+            block_in = in_channels if index == 0 else out_channels
             if self.block is KWBasicBlock:
                 first = max(previous, 0) if index == 0 else stage
-                conv_cfgs = [_conv_cfg(manager, first), _conv_cfg(manager, stage)]
+                conv_cfgs = [
+                    self._conv_cfg(first, block, 'conv1', (out_channels, block_in, 3)),
+                    self._conv_cfg(stage, block, 'conv2', (out_channels, out_channels, 3))]
             else:
                 first = previous if index == 0 else stage
-                conv_cfgs = [_conv_cfg(manager, first), _conv_cfg(manager, stage),
-                             _conv_cfg(manager, stage)]
+                mid = out_channels // self.block.expansion
+                conv_cfgs = [self._conv_cfg(first, block, 'conv1', (mid, block_in, 1)),
+                             self._conv_cfg(stage, block, 'conv2', (mid, mid, 3)),
+                             self._conv_cfg(stage, block, 'conv3', (out_channels, mid, 1))]
             blocks.append(self.block(in_channels if index == 0 else out_channels, out_channels,
                                      stride if index == 0 else 1, conv_cfgs,
                                      downsample if index == 0 else None, norm_cfg, dpr[index],

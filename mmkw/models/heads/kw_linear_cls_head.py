@@ -33,7 +33,9 @@ class KWLinearClsHead(ClsHead):
             MobileNetV2).
         reduction: attention hidden width ratio (the release's KW 1/2x MobileNetV2: 1/32).
         attention_norm: 'BN' (the release) or 'LN'.
-        attention_init: 'one_to_one' (A.2; tau schedules apply) or None (tau held at 0).
+        attention_init: 'one_to_one' (A.2; tau schedules apply) or None (tau held at 0);
+            Table 13's 'all_to_one', 'n_to_one', 'one_to_n' also work.
+        attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
         dropout: dropout before the classifier (the release trains with 0).
         bias: learnable bias of the classifier (the release: True).
         **kwargs: ``loss``, ``topk``, ``cal_acc``, ``init_cfg`` of mmpretrain's ``ClsHead``.
@@ -50,6 +52,7 @@ class KWLinearClsHead(ClsHead):
                  reduction: float = 1 / 32,
                  attention_norm: str = 'BN',
                  attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
                  dropout: float = 0.0,
                  bias: bool = True,
                  **kwargs) -> None:
@@ -60,7 +63,7 @@ class KWLinearClsHead(ClsHead):
         self.in_channels = in_channels
         self.warehouse_manager = WarehouseManager(
             budget=budget, reduction=reduction, attention_norm=attention_norm,
-            attention_init=attention_init)
+            attention_init=attention_init, attention_function=attention_function)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = KWConv2d(in_channels, num_classes, 1, bias=bias,
                            warehouse_manager=self.warehouse_manager,
