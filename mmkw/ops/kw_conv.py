@@ -9,16 +9,20 @@ Shapes: input ``[B, C_in, H, W]``; attention ``[B, m, n]``; warehouse ``[n, c_ou
 assembled kernels ``[B, C_out, C_in / groups, kh, kw]``.
 """
 import warnings
+from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                    create_selective_checkpoint_contexts)
 from torch.nn.modules.utils import _pair
 
 from .attention_options import (CAF_EPS, apply_attention_function,  # noqa: F401 (re-export)
                                 check_attention_function, init_beta, one_to_one_beta)
-from .per_sample_conv import (choose_path, conv_output_size, mixed_input_conv2d,
+from . import per_sample_conv
+from .per_sample_conv import (batch_chunks, choose_path, conv_output_size, mixed_input_conv2d,
                               mixture_conv2d, per_sample_conv2d)
 from .warehouse import WarehouseManager, WarehouseSpec
 
@@ -157,6 +161,31 @@ class KWAttention(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
+# Ops whose outputs a recomputing backward keeps: the per-sample convolutions. Everything else
+# in between (the assembly matmul, the layout copy, unfold) runs again in the backward pass.
+_KEPT_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.bmm.default)
+
+
+def _keep_per_sample_conv(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def convolve_recomputing_kernels(convolve, x: torch.Tensor, attention: torch.Tensor,
+                                 path: str) -> torch.Tensor:
+    """``convolve(x, attention, path)`` without keeping the assembled kernels for backward.
+
+    The per-sample kernels hold ``B x params`` numbers per conv, more than the activations
+    of a plain network (a KW ResNet-18 at batch 32 would keep 1.4 GB of them); autograd would
+    keep them until the backward pass reaches the conv. Selective checkpointing keeps only the
+    convolution outputs and assembles the kernels of one conv again when its gradient is due:
+    one more assembly matmul per conv and step. The attention stays outside the region, so
+    its BatchNorm statistics are updated once.
+    """
+    return checkpoint(convolve, x, attention, path, use_reentrant=False,
+                      context_fn=partial(create_selective_checkpoint_contexts,
+                                         _keep_per_sample_conv))
+
+
 @MODELS.register_module()
 class KWConv2d(nn.Module):
     """Kernel Warehouse 2D convolution, a drop-in replacement of ``nn.Conv2d``.
@@ -262,6 +291,19 @@ class KWConv2d(nn.Module):
         return choose_path(x.shape[0], positions, self.attention.num_cells, self.mixture_grid,
                            self.cell_shape, self.groups)
 
+    def _convolve(self, x: torch.Tensor, attention: torch.Tensor, path: str) -> torch.Tensor:
+        """Eq. 3 and the per-sample convolution, by the given execution path."""
+        if path == 'mixed_input':
+            cells = self.warehouse_manager.cells(self.warehouse_index).to(x.dtype)
+            return mixed_input_conv2d(x, attention, cells, self.mixture_grid, self.kernel_size,
+                                      self.stride, self.padding, self.dilation)
+        if path == 'mixture':
+            mixed = self.mix_cells(attention).flatten(-3)  # drop the 1x1 cell kernel
+            return mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
+                                  self.dilation)
+        return per_sample_conv2d(x, self.assemble(attention), self.stride, self.padding,
+                                 self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.attention is None:
             raise RuntimeError(
@@ -273,17 +315,26 @@ class KWConv2d(nn.Module):
                              f'{list(x.shape)}')
         attention = self.attention(x).to(x.dtype)
         path = self.execution_path(x)
-        if path == 'mixed_input':
-            cells = self.warehouse_manager.cells(self.warehouse_index).to(x.dtype)
-            out = mixed_input_conv2d(x, attention, cells, self.mixture_grid, self.kernel_size,
-                                     self.stride, self.padding, self.dilation)
-        elif path == 'mixture':
-            mixed = self.mix_cells(attention).flatten(-3)  # drop the 1x1 cell kernel
-            out = mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
-                                 self.dilation)
+        if path == 'mixed_input':  # holds no per-sample kernels
+            out = self._convolve(x, attention, path)
         else:
-            out = per_sample_conv2d(x, self.assemble(attention), self.stride, self.padding,
-                                    self.dilation, self.groups)
+            # Kernels of a large batch are assembled a chunk of samples at a time and, in
+            # training, assembled again in the backward pass rather than kept: the peak memory
+            # then holds one chunk's kernels, not B x params numbers per conv.
+            kernel_numel = self.out_channels * self.in_channels // self.groups * \
+                self.kernel_size[0] * self.kernel_size[1]
+            chunks = batch_chunks(x.shape[0], kernel_numel)
+            policy = self.warehouse_manager.recompute_kernels
+            recompute = torch.is_grad_enabled() and (
+                policy is True or
+                (policy == 'auto' and
+                 x.shape[0] * kernel_numel > per_sample_conv.RECOMPUTE_MIN_NUMEL))
+            outs = []
+            for start, end in chunks:
+                chunk = (x[start:end], attention[start:end], path)
+                outs.append(convolve_recomputing_kernels(self._convolve, *chunk)
+                            if recompute else self._convolve(*chunk))
+            out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

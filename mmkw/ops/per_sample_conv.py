@@ -13,7 +13,7 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 
 :func:`choose_path` picks one for a conv and an input size.
 """
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -148,10 +148,11 @@ def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Te
 
 
 # Mixing the input is chosen when its multiply-adds are at most this many times those of
-# assembling kernels: the assembly matmul has an inner size of only n and is bound by memory,
-# so it runs at about half the rate of the warehouse matmul (measured on 2 cores: equal speed
-# at a ratio of 1.9, mixing 1.2x faster at 1.4, 2.3x slower at 3).
-MIXED_INPUT_MAX_COST_RATIO = 2.0
+# assembling kernels. The assembly matmul has an inner size of only n and is bound by memory,
+# so it runs slower per multiply-add than the warehouse matmul: measured on 2 cores, mixing
+# is 1.2x faster at a ratio of 1.4 and as fast at 2 (where it needs more memory for backward,
+# which the assembled paths avoid by recomputing kernels), and 2.3x slower at 3.
+MIXED_INPUT_MAX_COST_RATIO = 1.5
 
 
 def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[int, int, int],
@@ -172,3 +173,24 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     if mixed_cost <= MIXED_INPUT_MAX_COST_RATIO * assembled_cost:
         return 'mixed_input'
     return 'mixture' if positions <= MIXTURE_MAX_POSITIONS else 'assembled'
+
+
+# Per-sample kernels of at most this many numbers are assembled at once; larger batches are
+# split into chunks (96 MiB in fp32: a KW ResNet-18 stage-4 conv assembles 10 samples at once).
+KERNEL_CHUNK_NUMEL = 24 * 2**20
+
+# With recompute_kernels='auto', a training step assembles the kernels of a conv again in the
+# backward pass when the batch's kernels hold more numbers than this (16 MiB in fp32) rather
+# than keeping them.
+RECOMPUTE_MIN_NUMEL = 4 * 2**20
+
+
+def batch_chunks(batch: int, kernel_numel: int,
+                 max_numel: Optional[int] = None) -> List[Tuple[int, int]]:
+    """``(start, end)`` sample ranges of near-equal size whose assembled kernels
+    (``kernel_numel`` numbers per sample) stay within ``max_numel`` (default
+    ``KERNEL_CHUNK_NUMEL``) where possible."""
+    max_numel = max_numel or KERNEL_CHUNK_NUMEL
+    num_chunks = min(batch, max(1, -(-batch * kernel_numel // max_numel)))
+    size = -(-batch // num_chunks)
+    return [(start, min(start + size, batch)) for start in range(0, batch, size)]

@@ -14,7 +14,7 @@ warehouse ``w`` (in order of first reservation) is the parameter ``weights.{w}``
 import math
 from dataclasses import dataclass, field
 from functools import reduce
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -77,6 +77,12 @@ class WarehouseManager(nn.Module):
             row): every mixture uses only its own cell (``w_i = alpha_i e_i``), so a conv's
             kernel cells are scaled by attentions instead of mixed. Needs b = 1, no nonlocal
             basis and attention_init 'one_to_one' or None.
+        recompute_kernels: in training, whether a conv assembles its per-sample kernels again
+            in the backward pass instead of keeping them (``B x params`` numbers) from the
+            forward pass: one more assembly matmul per conv and step for a much smaller peak
+            memory (see :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False,
+            or 'auto' (default): recompute the convs whose kernels for the batch exceed
+            ``RECOMPUTE_MIN_NUMEL`` (16 MiB in fp32); smaller ones cost little to keep.
     """
 
     def __init__(self,
@@ -88,7 +94,8 @@ class WarehouseManager(nn.Module):
                  attention_init: Optional[str] = 'one_to_one',
                  attention_function: str = 'caf',
                  kernel_partition: bool = True,
-                 share_cells: bool = True) -> None:
+                 share_cells: bool = True,
+                 recompute_kernels: Union[bool, str] = 'auto') -> None:
         super().__init__()
         if attention_norm not in ('BN', 'LN'):
             raise ValueError(f"attention_norm must be 'BN' or 'LN', got {attention_norm!r}")
@@ -108,6 +115,10 @@ class WarehouseManager(nn.Module):
                 raise ValueError("share_cells=False needs attention_init 'one_to_one' or None "
                                  f'(a mixture cannot reach other cells), got {attention_init!r}')
         self.share_cells = share_cells
+        if recompute_kernels not in (True, False, 'auto'):
+            raise ValueError("recompute_kernels must be True, False or 'auto', got "
+                             f'{recompute_kernels!r}')
+        self.recompute_kernels = recompute_kernels
         if not 0 < reduction <= 1:
             raise ValueError(f'reduction must be in (0, 1], got {reduction}')
         if not 0 < nonlocal_basis_ratio <= 1:

@@ -34,10 +34,11 @@ def reference_forward(conv: KWConv2d, x: torch.Tensor) -> torch.Tensor:
 class Pair(nn.Module):
 
     def __init__(self, in_channels, out_channels, kernel, stride, groups, budget, basis,
-                 partition=True):
+                 partition=True, recompute='auto'):
         super().__init__()
         self.warehouse_manager = WarehouseManager(budget, nonlocal_basis_ratio=basis,
-                                                  spatial_partition=partition)
+                                                  spatial_partition=partition,
+                                                  recompute_kernels=recompute)
         self.conv = KWConv2d(in_channels, out_channels, kernel, stride, kernel // 2,
                              groups=groups, bias=True, warehouse_manager=self.warehouse_manager,
                              warehouse_name='w')
@@ -64,12 +65,22 @@ CASES = [
 ]
 
 
+# 'keep': kernels kept for backward; 'recompute': assembled again in backward, two chunks of
+# samples at a time
+MEMORY_MODES = ['keep', 'recompute']
+
+
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(map(str, c)))
 @pytest.mark.parametrize('mode', ['train', 'eval'])
-def test_fast_path_matches_reference(case, mode):
+@pytest.mark.parametrize('memory', MEMORY_MODES)
+def test_fast_path_matches_reference(case, mode, memory, monkeypatch):
     in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
     torch.manual_seed(0)
-    pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis)
+    if memory == 'recompute':
+        kernel_numel = out_ch * in_ch // groups * kernel * kernel
+        monkeypatch.setattr(psc, 'KERNEL_CHUNK_NUMEL', 2 * kernel_numel)  # batch 3: 2 chunks
+    pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis,
+                recompute=memory == 'recompute')
     pair.train(mode == 'train')
     set_temperature(pair, 0.3)
     conv = pair.conv
@@ -111,6 +122,42 @@ def test_cases_cover_every_path(monkeypatch):
     assert paths == {'mixed_input', 'mixture', 'assembled'}
     # the assembled path itself has an unfold + bmm and a grouped-conv branch
     assert {'unfold', 'conv2d'} <= set(calls)
+
+
+def saved_bytes(module, x):
+    """Bytes autograd keeps for the backward pass of ``module(x)``."""
+    total = []
+
+    def pack(tensor):
+        total.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(total)
+
+
+def test_recomputing_kernels_keeps_no_kernels(monkeypatch):
+    # 3x3 convs on 14x14 maps assemble kernels; batch 8 holds 8 x 64 x 64 x 9 = 295k numbers
+    x = torch.randn(8, 64, 14, 14, requires_grad=True)
+    kernel_bytes = 8 * 64 * 64 * 9 * 4
+    kept = saved_bytes(Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute=False).conv, x)
+    recomputed = saved_bytes(Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute=True).conv, x)
+    assert kept > kernel_bytes
+    assert recomputed < kept - kernel_bytes
+    # 'auto' keeps kernels below RECOMPUTE_MIN_NUMEL and recomputes above it
+    auto = Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute='auto').conv
+    assert saved_bytes(auto, x) == kept
+    monkeypatch.setattr(psc, 'RECOMPUTE_MIN_NUMEL', 8 * 64 * 64 * 9 - 1)
+    assert saved_bytes(auto, x) == recomputed
+    with pytest.raises(ValueError, match='recompute_kernels'):
+        WarehouseManager('1x', recompute_kernels='sometimes')
+
+
+def test_batch_chunks():
+    assert psc.batch_chunks(8, 100, max_numel=800) == [(0, 8)]
+    assert psc.batch_chunks(32, 100, max_numel=1100) == [(0, 11), (11, 22), (22, 32)]
+    assert psc.batch_chunks(2, 10**6, max_numel=10) == [(0, 1), (1, 2)]
 
 
 def test_path_choice_follows_the_cost_model():

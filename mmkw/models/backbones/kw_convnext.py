@@ -142,6 +142,10 @@ class KWConvNeXt(BaseModule):
             init strategy, holding tau at 0 (fine-tuning, A.1.2); the
             ablations of Table 13: 'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
         attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
+        recompute_kernels: assemble large per-sample kernels again in the backward pass
+            instead of keeping them (True, False or 'auto'; see
+            :class:`~mmkw.ops.WarehouseManager`): far less training memory for one more
+            assembly per conv.
         in_channels: input image channels.
         stem_patch_size: kernel and stride of the stem conv.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
@@ -177,6 +181,7 @@ class KWConvNeXt(BaseModule):
                  reduction: Optional[float] = None,
                  attention_init: Optional[str] = 'one_to_one',
                  attention_function: str = 'caf',
+                 recompute_kernels: Union[bool, str] = 'auto',
                  in_channels: int = 3,
                  stem_patch_size: int = 4,
                  drop_path_rate: float = 0.0,
@@ -232,7 +237,8 @@ class KWConvNeXt(BaseModule):
         self.warehouse_manager = None if budget is None else WarehouseManager(
             budget='1x' if half_last_pw else budget, reduction=reduction,
             attention_norm='LN', attention_init=attention_init,
-            attention_function=attention_function)
+            attention_function=attention_function,
+            recompute_kernels=recompute_kernels)
         groups = [(i, g) for i, n in enumerate(self.warehouse_groups) for g in range(n)]
         half_pw_groups = set(groups[-2:]) if half_last_pw else set()
 

@@ -26,7 +26,7 @@ Module and parameter names are mmpretrain's ``MobileNetV2`` (``conv1``, ``layer{
 ``conv2``; each conv unit has ``conv``, ``bn``, ``activate``), so with ``budget=None`` this is
 mmpretrain's network and loads its checkpoints.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -135,6 +135,10 @@ class KWMobileNetV2(BaseModule):
             init strategy, holding tau at 0 (fine-tuning, A.1.2); the
             ablations of Table 13: 'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
         attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
+        recompute_kernels: assemble large per-sample kernels again in the backward pass
+            instead of keeping them (True, False or 'auto'; see
+            :class:`~mmkw.ops.WarehouseManager`): far less training memory for one more
+            assembly per conv.
         out_indices: outputs to return, 0-6 for ``layer1``-``layer7`` and 7 for ``conv2``.
         frozen_stages: -1 freezes nothing, 0 the stem (``conv1``), k the stem and ``layer1``..
             ``layer{k}``; the warehouses their KW convs draw from are frozen with them, so that
@@ -166,6 +170,7 @@ class KWMobileNetV2(BaseModule):
                  reduction: Optional[float] = None,
                  attention_init: Optional[str] = 'one_to_one',
                  attention_function: str = 'caf',
+                 recompute_kernels: Union[bool, str] = 'auto',
                  out_indices: Sequence[int] = (7, ),
                  frozen_stages: int = -1,
                  norm_cfg: dict = dict(type='BN'),
@@ -201,7 +206,8 @@ class KWMobileNetV2(BaseModule):
             self.layout = layout
             self.warehouse_manager = WarehouseManager(
                 budget=budget, reduction=reduction, attention_norm='BN',
-                attention_init=attention_init, attention_function=attention_function)
+                attention_init=attention_init, attention_function=attention_function,
+                recompute_kernels=recompute_kernels)
 
         channels = make_divisible(32 * widen_factor, 8)
         # the stem has its own warehouse (whole gcd cells, b = 1 in the 'dw_last_pw' layout)

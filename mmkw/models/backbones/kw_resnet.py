@@ -33,7 +33,7 @@ Freezing (``frozen_stages = k``): the stem, stages ``1..k`` and the warehouses `
 draw their cells from are frozen, so the frozen stages compute a fixed function. The entry
 convs of stage ``k + 1`` keep trainable attentions over the frozen cells of warehouse ``k-1``.
 """
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -150,6 +150,10 @@ class KWResNet(BaseModule):
             'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
         attention_function: 'caf' (the paper's, Eq. 4) or the ablations of Table 8:
             'softmax', 'sigmoid', 'relu_norm' (``max(z, 0) / sum|z|``).
+        recompute_kernels: assemble large per-sample kernels again in the backward pass
+            instead of keeping them (True, False or 'auto'; see
+            :class:`~mmkw.ops.WarehouseManager`): far less training memory for one more
+            assembly per conv.
         sharing: warehouse sharing range in terms of layers (Table 6): 'stage' (the paper's,
             reassigned stages of Table 15), 'layer' (one warehouse per conv), 'none' (no
             sharing: each mixture uses its own cell; needs b = 1) or 'block' (per residual
@@ -199,6 +203,7 @@ class KWResNet(BaseModule):
                  nonlocal_basis_ratio: float = 1.0,
                  attention_init: Optional[str] = 'one_to_one',
                  attention_function: str = 'caf',
+                 recompute_kernels: Union[bool, str] = 'auto',
                  sharing: str = 'stage',
                  sharing_dims: str = 'all',
                  kernel_partition: bool = True,
@@ -260,6 +265,7 @@ class KWResNet(BaseModule):
             budget=budget, reduction=reduction, nonlocal_basis_ratio=nonlocal_basis_ratio,
             attention_norm='BN', attention_init=attention_init,
             attention_function=attention_function, kernel_partition=kernel_partition,
+            recompute_kernels=recompute_kernels,
             share_cells=sharing != 'none')
         self.conv1 = nn.Conv2d(in_channels, stem_channels, stem_kernel_size, stride=stem_stride,
                                padding=stem_kernel_size // 2, bias=False)

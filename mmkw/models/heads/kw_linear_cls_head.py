@@ -9,7 +9,7 @@ backbone's. The warehouse is used by the classifier alone, so the head owns its 
 :class:`~mmkw.ops.WarehouseManager`; the backbone stays a plain feature extractor and the usual
 ``ImageClassifier`` (backbone -> ``GlobalAveragePooling`` -> head) works unchanged.
 """
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -36,6 +36,10 @@ class KWLinearClsHead(ClsHead):
         attention_init: 'one_to_one' (A.2; tau schedules apply) or None (tau held at 0);
             Table 13's 'all_to_one', 'n_to_one', 'one_to_n' also work.
         attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
+        recompute_kernels: assemble large per-sample kernels again in the backward pass
+            instead of keeping them (True, False or 'auto'; see
+            :class:`~mmkw.ops.WarehouseManager`): far less training memory for one more
+            assembly per conv.
         dropout: dropout before the classifier (the release trains with 0).
         bias: learnable bias of the classifier (the release: True).
         **kwargs: ``loss``, ``topk``, ``cal_acc``, ``init_cfg`` of mmpretrain's ``ClsHead``.
@@ -53,6 +57,7 @@ class KWLinearClsHead(ClsHead):
                  attention_norm: str = 'BN',
                  attention_init: Optional[str] = 'one_to_one',
                  attention_function: str = 'caf',
+                 recompute_kernels: Union[bool, str] = 'auto',
                  dropout: float = 0.0,
                  bias: bool = True,
                  **kwargs) -> None:
@@ -63,7 +68,8 @@ class KWLinearClsHead(ClsHead):
         self.in_channels = in_channels
         self.warehouse_manager = WarehouseManager(
             budget=budget, reduction=reduction, attention_norm=attention_norm,
-            attention_init=attention_init, attention_function=attention_function)
+            attention_init=attention_init, attention_function=attention_function,
+            recompute_kernels=recompute_kernels)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = KWConv2d(in_channels, num_classes, 1, bias=bias,
                            warehouse_manager=self.warehouse_manager,
