@@ -22,8 +22,9 @@ from torch.nn.modules.utils import _pair
 from .attention_options import (CAF_EPS, apply_attention_function,  # noqa: F401 (re-export)
                                 check_attention_function, init_beta, one_to_one_beta)
 from . import per_sample_conv
-from .per_sample_conv import (batch_chunks, choose_path, conv_output_size, mixed_input_conv2d,
-                              mixture_conv2d, per_sample_conv2d)
+from .per_sample_conv import (batch_chunks, choose_path, conv_output_size,
+                              matmul2d, mixed_input_conv2d, mixture_conv2d, output_kept,
+                              per_sample_conv2d, prefers_onednn)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 
@@ -161,13 +162,19 @@ class KWAttention(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
-# Ops whose outputs a recomputing backward keeps: the per-sample convolutions. Everything else
-# in between (the assembly matmul, the layout copy, unfold) runs again in the backward pass.
-_KEPT_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.bmm.default)
-
-
 def _keep_per_sample_conv(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op in _KEPT_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+    # A recomputing backward keeps the outputs of the grouped per-sample convolution and of the
+    # warehouse matmul of the mixed-input path, which are about the conv's output in size and
+    # would be costly to run again. Everything else (the assembly, the layout copy, unfold,
+    # the input mixing and the matmuls of the other small-map paths) runs again in the
+    # backward pass: keeping those matmuls' outputs would keep S partial products per conv in
+    # the mixture path (100 MB for a KW ResNet-18 at batch 32) to save under 1% of the step.
+    if output_kept() and op in _PRODUCTS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_PRODUCTS = (torch.ops.aten.convolution.default, torch.ops.aten.mm.default)
 
 
 def convolve_recomputing_kernels(convolve, x: torch.Tensor, attention: torch.Tensor,
@@ -178,10 +185,14 @@ def convolve_recomputing_kernels(convolve, x: torch.Tensor, attention: torch.Ten
     of a plain network (a KW ResNet-18 at batch 32 would keep 1.4 GB of them); autograd would
     keep them until the backward pass reaches the conv. Selective checkpointing keeps only the
     convolution outputs and assembles the kernels of one conv again when its gradient is due:
-    one more assembly matmul per conv and step. The attention stays outside the region, so
-    its BatchNorm statistics are updated once.
+    one more assembly matmul per conv and step. The mixed-input path likewise mixes its input
+    again. The attention stays outside the region, so its BatchNorm statistics are updated
+    once.
     """
+    # respect_saved_tensors_hooks=False: the kept conv outputs bypass saved-tensor hooks, as
+    # they always have (torch now asks to choose)
     return checkpoint(convolve, x, attention, path, use_reentrant=False,
+                      respect_saved_tensors_hooks=False,
                       context_fn=partial(create_selective_checkpoint_contexts,
                                          _keep_per_sample_conv))
 
@@ -271,7 +282,9 @@ class KWConv2d(nn.Module):
         from attentions ``[B, m, n]``, in the release's mixture order
         ``i = (s * G_out + o) * G_in + c``."""
         cells = self.warehouse_manager.cells(self.warehouse_index)
-        mixed = torch.matmul(attention, cells.reshape(cells.shape[0], -1).to(attention.dtype))
+        num_cells = cells.shape[0]
+        mixed = matmul2d(attention.reshape(-1, num_cells),
+                         cells.reshape(num_cells, -1).to(attention.dtype))
         return mixed.view(attention.shape[0], *self.mixture_grid, *self.cell_shape)
 
     def assemble(self, attention: torch.Tensor) -> torch.Tensor:
@@ -282,14 +295,17 @@ class KWConv2d(nn.Module):
         weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
         return weight.reshape(attention.shape[0], *self.weight_shape)
 
-    def execution_path(self, x: torch.Tensor) -> str:
-        """'mixed_input', 'mixture' or 'assembled': see :func:`choose_path`."""
+    def _output_positions(self, x: torch.Tensor) -> int:
         positions = 1
         for i in range(2):
             positions *= conv_output_size(x.shape[2 + i], self.kernel_size[i], self.stride[i],
                                           self.padding[i], self.dilation[i])
-        return choose_path(x.shape[0], positions, self.attention.num_cells, self.mixture_grid,
-                           self.cell_shape, self.groups)
+        return positions
+
+    def execution_path(self, x: torch.Tensor) -> str:
+        """'mixed_input', 'mixture' or 'assembled': see :func:`choose_path`."""
+        return choose_path(x.shape[0], self._output_positions(x), self.attention.num_cells,
+                           self.mixture_grid, self.cell_shape, self.groups, prefers_onednn(x))
 
     def _convolve(self, x: torch.Tensor, attention: torch.Tensor, path: str) -> torch.Tensor:
         """Eq. 3 and the per-sample convolution, by the given execution path."""
@@ -314,27 +330,32 @@ class KWConv2d(nn.Module):
             raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
                              f'{list(x.shape)}')
         attention = self.attention(x).to(x.dtype)
+        batch = x.shape[0]
         path = self.execution_path(x)
-        if path == 'mixed_input':  # holds no per-sample kernels
-            out = self._convolve(x, attention, path)
+        # Numbers per sample that the conv would keep for its backward pass: the assembled
+        # kernels, or on the mixed-input path the mixed input z. A large batch runs a chunk of
+        # samples at a time, so the peak memory holds one chunk's kernels (not B x params
+        # numbers per conv), or one chunk's z with its copies and gradient (about 4 of them).
+        if path == 'mixed_input':
+            groups_out = self.mixture_grid[1]
+            held = self.attention.num_cells * self.cell_shape[1] * groups_out * \
+                self._output_positions(x)
+            chunks = batch_chunks(batch, 4 * held)
         else:
-            # Kernels of a large batch are assembled a chunk of samples at a time and, in
-            # training, assembled again in the backward pass rather than kept: the peak memory
-            # then holds one chunk's kernels, not B x params numbers per conv.
-            kernel_numel = self.out_channels * self.in_channels // self.groups * \
+            held = self.out_channels * self.in_channels // self.groups * \
                 self.kernel_size[0] * self.kernel_size[1]
-            chunks = batch_chunks(x.shape[0], kernel_numel)
-            policy = self.warehouse_manager.recompute_kernels
-            recompute = torch.is_grad_enabled() and (
-                policy is True or
-                (policy == 'auto' and
-                 x.shape[0] * kernel_numel > per_sample_conv.RECOMPUTE_MIN_NUMEL))
-            outs = []
-            for start, end in chunks:
-                chunk = (x[start:end], attention[start:end], path)
-                outs.append(convolve_recomputing_kernels(self._convolve, *chunk)
-                            if recompute else self._convolve(*chunk))
-            out = outs[0] if len(outs) == 1 else torch.cat(outs)
+            chunks = batch_chunks(batch, held)
+        # In training they are computed again in the backward pass rather than kept.
+        policy = self.warehouse_manager.recompute_kernels
+        recompute = torch.is_grad_enabled() and (
+            policy is True or
+            (policy == 'auto' and batch * held > per_sample_conv.RECOMPUTE_MIN_NUMEL))
+        outs = []
+        for start, end in chunks:
+            chunk = (x[start:end], attention[start:end], path)
+            outs.append(convolve_recomputing_kernels(self._convolve, *chunk)
+                        if recompute else self._convolve(*chunk))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
         return out

@@ -13,13 +13,91 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 
 :func:`choose_path` picks one for a conv and an input size.
 """
-from typing import List, Optional, Tuple
+import functools
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-# Above this many output positions a kxk per-sample conv uses the grouped conv.
-UNFOLD_MAX_POSITIONS = 196
+# Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
+# library (see CPU_KERNELS).
+UNFOLD_MAX_POSITIONS = {'blas': 196, 'onednn': 0}
+
+# Which library runs the products of a KW conv on the CPU. torch sends fp32 matmuls to MKL and
+# convolutions to oneDNN. On CPUs with AVX-512, oneDNN uses it while MKL's sgemm may not (on the
+# AMD EPYC machines we measure on it reaches 30-70 GMAC/s on the assembly shapes): there a 1x1
+# convolution assembles kernels up to 1.8x faster than a matmul and the grouped per-sample conv
+# runs 3x3 convs on 7x7 and 14x14 maps 1.3-2x faster than im2col + bmm, and a KW ResNet-18
+# training step is 1.27x faster. On AVX2 CPUs it is the other way round (the grouped conv's
+# backward is pathologically slow on small maps). MMKW_CPU_KERNELS=blas|onednn overrides.
+CPU_KERNELS = ('blas', 'onednn')
+
+
+@functools.lru_cache(maxsize=None)
+def _detected_cpu_kernels() -> str:
+    return 'onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512') else 'blas'
+
+
+def cpu_kernels() -> str:
+    """'onednn' or 'blas': see ``CPU_KERNELS``; ``MMKW_CPU_KERNELS`` (default 'auto') chooses."""
+    choice = os.environ.get('MMKW_CPU_KERNELS', 'auto')
+    if choice == 'auto':
+        return _detected_cpu_kernels()
+    if choice not in CPU_KERNELS:
+        raise ValueError(f"MMKW_CPU_KERNELS must be 'auto' or one of {CPU_KERNELS}, got "
+                         f'{choice!r}')
+    return choice
+
+
+def prefers_onednn(x: torch.Tensor) -> bool:
+    return x.device.type == 'cpu' and cpu_kernels() == 'onednn'
+
+
+def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
+    where oneDNN is the faster library (see ``CPU_KERNELS``)."""
+    if prefers_onednn(a):
+        rows, inner = a.shape
+        return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
+    return torch.mm(a, b)
+
+
+_kept = threading.local()
+
+
+@contextmanager
+def keep_output() -> Iterator[None]:
+    """Marks the per-sample convolution (or the warehouse matmul of the mixed-input path), whose
+    output a recomputing backward keeps (see
+    :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). Only that product may run inside:
+    a recomputing backward keeps the output of every convolution or matmul in it."""
+    _kept.active = True
+    try:
+        yield
+    finally:
+        _kept.active = False
+
+
+def output_kept() -> bool:
+    return getattr(_kept, 'active', False)
+
+
+_formulation = threading.local()
+
+
+@contextmanager
+def assembled_kernels_only() -> Iterator[None]:
+    """Runs every KW conv as the assembly of Eq. 3 followed by a per-sample convolution, the
+    formulation whose multiply-adds the paper counts (the mixed-input path computes the same
+    outputs with more of them)."""
+    _formulation.assembled = True
+    try:
+        yield
+    finally:
+        _formulation.assembled = False
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -46,13 +124,14 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, 
         if stride != (1, 1):
             x = x[:, :, ::stride[0], ::stride[1]]
         cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
-    elif out_h * out_w <= UNFOLD_MAX_POSITIONS:
+    elif out_h * out_w <= UNFOLD_MAX_POSITIONS['onednn' if prefers_onednn(x) else 'blas']:
         cols = F.unfold(x, (kh, kw), dilation, padding, stride)
         cols = cols.view(batch * groups, channels // groups * kh * kw, out_h * out_w)
     else:
-        out = F.conv2d(x.reshape(1, batch * channels, height, width),
-                       weight.reshape(batch * out_channels, *weight.shape[2:]), None, stride,
-                       padding, dilation, batch * groups)
+        x = x.reshape(1, batch * channels, height, width)
+        weight = weight.reshape(batch * out_channels, *weight.shape[2:])
+        with keep_output():
+            out = F.conv2d(x, weight, None, stride, padding, dilation, batch * groups)
         return out.view(batch, out_channels, out_h, out_w)
     kernels = weight.reshape(batch * groups, out_channels // groups, -1)
     return torch.bmm(kernels, cols).view(batch, out_channels, out_h, out_w)
@@ -141,38 +220,46 @@ def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Te
     # z laid out [(j, cell_in), (b, o, l)] so that the warehouse applies in one matmul
     mixed = torch.einsum('bsocj,bcisl->jibol', alpha, cols)
     warehouse = cells.reshape(num_cells, cell_out, cell_in).transpose(0, 1)
-    out = torch.mm(warehouse.reshape(cell_out, num_cells * cell_in),
-                   mixed.reshape(num_cells * cell_in, batch * groups_out * positions))
+    warehouse = warehouse.reshape(cell_out, num_cells * cell_in)
+    mixed = mixed.reshape(num_cells * cell_in, batch * groups_out * positions)
+    with keep_output():
+        out = matmul2d(warehouse, mixed)
     out = out.view(cell_out, batch, groups_out, positions).permute(1, 2, 0, 3)
     return out.reshape(batch, groups_out * cell_out, out_h, out_w)
 
 
 # Mixing the input is chosen when its multiply-adds are at most this many times those of
-# assembling kernels. The assembly matmul has an inner size of only n and is bound by memory,
-# so it runs slower per multiply-add than the warehouse matmul: measured on 2 cores, mixing
-# is 1.2x faster at a ratio of 1.4 and as fast at 2 (where it needs more memory for backward,
-# which the assembled paths avoid by recomputing kernels), and 2.3x slower at 3.
-MIXED_INPUT_MAX_COST_RATIO = 1.5
+# assembling kernels, by CPU kernel library (see CPU_KERNELS). The assembly writes B x params
+# numbers and is bound by memory, so it runs slower per multiply-add than the warehouse matmul.
+# With BLAS (2-core AVX2 CPU) mixing is 1.2x faster at a ratio of 1.4 and as fast at 2 (where it
+# needs more memory for backward, which the assembled paths avoid by recomputing kernels), and
+# 2.3x slower at 3. With oneDNN (2-core AVX-512 CPU), whose warehouse matmul is faster, mixing
+# the 7x7 stage-4 maps of a KW ResNet-18 at 224x224 (ratio 2) makes the whole network 1.15x
+# faster in inference and 1.2x in training, and mixing its 14x14 maps (ratio 4.4) 1.5x slower.
+MIXED_INPUT_MAX_COST_RATIO = {'blas': 1.5, 'onednn': 3.0}
 
 
 def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[int, int, int],
-                cell_shape: Tuple[int, ...], groups: int) -> str:
+                cell_shape: Tuple[int, ...], groups: int, onednn: bool = False) -> str:
     """How a KW conv runs on an input with ``positions`` output positions.
 
     Returns 'mixed_input' (:func:`mixed_input_conv2d`), 'mixture' (assemble, then
     :func:`mixture_conv2d`) or 'assembled' (assemble kernels in conv layout, then
-    :func:`per_sample_conv2d`).
+    :func:`per_sample_conv2d`). ``onednn``: the per-sample conv runs best as oneDNN's grouped
+    conv (see ``CPU_KERNELS``), so the batched matmuls of 'mixture' are not chosen.
     """
-    if groups != 1 or tuple(cell_shape[2:]) != (1, 1):
+    if groups != 1 or tuple(cell_shape[2:]) != (1, 1) or getattr(_formulation, 'assembled',
+                                                                   False):
         return 'assembled'
     spatial, _, groups_in = mixture_grid
     cell_out = cell_shape[0]
     # multiply-adds per cell weight and sample (see mixed_input_conv2d)
     mixed_cost = num_cells * positions * (1 + spatial * groups_in / cell_out)
     assembled_cost = spatial * groups_in * (num_cells + positions)
-    if mixed_cost <= MIXED_INPUT_MAX_COST_RATIO * assembled_cost:
+    max_ratio = MIXED_INPUT_MAX_COST_RATIO['onednn' if onednn else 'blas']
+    if mixed_cost <= max_ratio * assembled_cost:
         return 'mixed_input'
-    return 'mixture' if positions <= MIXTURE_MAX_POSITIONS else 'assembled'
+    return 'mixture' if positions <= MIXTURE_MAX_POSITIONS and not onednn else 'assembled'
 
 
 # Per-sample kernels of at most this many numbers are assembled at once; larger batches are

@@ -73,8 +73,10 @@ MEMORY_MODES = ['keep', 'recompute']
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(map(str, c)))
 @pytest.mark.parametrize('mode', ['train', 'eval'])
 @pytest.mark.parametrize('memory', MEMORY_MODES)
-def test_fast_path_matches_reference(case, mode, memory, monkeypatch):
+@pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
+def test_fast_path_matches_reference(case, mode, memory, kernels, monkeypatch):
     in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
+    monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
     torch.manual_seed(0)
     if memory == 'recompute':
         kernel_numel = out_ch * in_ch // groups * kernel * kernel
@@ -109,19 +111,40 @@ def test_fast_path_matches_reference(case, mode, memory, monkeypatch):
         torch.testing.assert_close(g, r, atol=1e-5 * scale, rtol=1e-5, msg=f'gradient of {name}')
 
 
-def test_cases_cover_every_path(monkeypatch):
-    paths = set()
+def paths_and_calls(monkeypatch, kernels):
+    monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    paths = []
     calls = []
     monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
+    monkeypatch.setattr(psc.torch, 'mm', _Spy(psc.torch, calls).mm)
     for case in CASES:
         in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
         pair = Pair(in_ch, out_ch, kernel, stride, groups, budget, basis)
         x = torch.randn(3, in_ch, size, size)
-        paths.add(pair.conv.execution_path(x))
+        paths.append(pair.conv.execution_path(x))
         pair.conv(x)
-    assert paths == {'mixed_input', 'mixture', 'assembled'}
-    # the assembled path itself has an unfold + bmm and a grouped-conv branch
-    assert {'unfold', 'conv2d'} <= set(calls)
+    return paths, calls
+
+
+def test_cases_cover_every_path(monkeypatch):
+    paths, calls = paths_and_calls(monkeypatch, 'blas')
+    assert set(paths) == {'mixed_input', 'mixture', 'assembled'}
+    # the assembled path itself has an unfold + bmm and a grouped-conv branch; kernels are
+    # assembled by a matmul
+    assert {'unfold', 'conv2d', 'mm'} <= set(calls)
+
+
+def test_onednn_kernels_use_convolutions(monkeypatch):
+    # where oneDNN is the faster library, kxk per-sample convs never unfold for a bmm (the
+    # mixed-input path still does) and kernels are assembled by a 1x1 convolution
+    paths, calls = paths_and_calls(monkeypatch, 'onednn')
+    assert set(paths) == {'mixed_input', 'assembled'}
+    assert calls.count('unfold') == sum(1 for case, path in zip(CASES, paths)
+                                        if path == 'mixed_input' and case[2] > 1)
+    assert 'conv2d' in calls
+    monkeypatch.setenv('MMKW_CPU_KERNELS', 'fast')
+    with pytest.raises(ValueError, match="MMKW_CPU_KERNELS must be 'auto' or one of"):
+        Pair(16, 32, 3, 1, 1, '1x', 1.0).conv(torch.randn(2, 16, 8, 8))
 
 
 def saved_bytes(module, x):
@@ -137,16 +160,22 @@ def saved_bytes(module, x):
     return sum(total)
 
 
-def test_recomputing_kernels_keeps_no_kernels(monkeypatch):
-    # 3x3 convs on 14x14 maps assemble kernels; batch 8 holds 8 x 64 x 64 x 9 = 295k numbers
-    x = torch.randn(8, 64, 14, 14, requires_grad=True)
+@pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
+def test_recomputing_kernels_keeps_no_kernels(kernels, monkeypatch):
+    monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    # 3x3 convs on 14x14 (BLAS) or 28x28 (oneDNN) maps with 4x warehouses assemble kernels
+    # (small warehouses mix the input instead); batch 8 holds
+    # 8 x 64 x 64 x 9 = 295k numbers
+    size = 14 if kernels == 'blas' else 28
+    x = torch.randn(8, 64, size, size, requires_grad=True)
+    assert Pair(64, 64, 3, 1, 1, '4x', 1.0).conv.execution_path(x) == 'assembled'
     kernel_bytes = 8 * 64 * 64 * 9 * 4
-    kept = saved_bytes(Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute=False).conv, x)
-    recomputed = saved_bytes(Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute=True).conv, x)
+    kept = saved_bytes(Pair(64, 64, 3, 1, 1, '4x', 1.0, recompute=False).conv, x)
+    recomputed = saved_bytes(Pair(64, 64, 3, 1, 1, '4x', 1.0, recompute=True).conv, x)
     assert kept > kernel_bytes
     assert recomputed < kept - kernel_bytes
     # 'auto' keeps kernels below RECOMPUTE_MIN_NUMEL and recomputes above it
-    auto = Pair(64, 64, 3, 1, 1, '1x', 1.0, recompute='auto').conv
+    auto = Pair(64, 64, 3, 1, 1, '4x', 1.0, recompute='auto').conv
     assert saved_bytes(auto, x) == kept
     monkeypatch.setattr(psc, 'RECOMPUTE_MIN_NUMEL', 8 * 64 * 64 * 9 - 1)
     assert saved_bytes(auto, x) == recomputed
@@ -168,9 +197,26 @@ def test_path_choice_follows_the_cost_model():
     assert psc.choose_path(16, 196, 27, grid, cell, 1) == 'assembled'
     # KW stage 2 at 8x8 (n=47, 128x128 cells): assembly is 3x cheaper
     assert psc.choose_path(16, 64, 47, grid, (128, 128, 1, 1), 1) == 'mixture'
+    # ... unless oneDNN runs the per-sample conv, which takes kernels in conv layout
+    assert psc.choose_path(16, 64, 47, grid, (128, 128, 1, 1), 1, onednn=True) == 'assembled'
+    assert psc.choose_path(16, 4, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+    # oneDNN's faster warehouse matmul moves the break-even point: 7x7 maps mix the input
+    assert psc.choose_path(16, 49, 27, grid, cell, 1) == 'mixture'
+    assert psc.choose_path(16, 49, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+    assert psc.choose_path(16, 196, 47, grid, (256, 256, 1, 1), 1, onednn=True) == 'assembled'
     # grouped convs and whole-kernel cells always assemble
     assert psc.choose_path(16, 4, 27, grid, cell, 2) == 'assembled'
     assert psc.choose_path(16, 4, 27, (1, 1, 1), (512, 512, 3, 3), 1) == 'assembled'
+
+
+def test_flops_count_the_assembled_formulation():
+    # the paper counts Eq. 3 and a per-sample conv; the benchmark's FLOP count runs that path
+    conv = Pair(16, 32, 3, 1, 1, '1x', 1.0).conv
+    x = torch.randn(2, 16, 2, 2)
+    assert conv.execution_path(x) == 'mixed_input'
+    with psc.assembled_kernels_only():
+        assert conv.execution_path(x) == 'assembled'
+    assert conv.execution_path(x) == 'mixed_input'
 
 
 def test_whole_kernel_cells_without_partition():
