@@ -13,7 +13,6 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 
 :func:`choose_path` picks one for a conv and an input size.
 """
-import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -36,16 +35,16 @@ UNFOLD_MAX_POSITIONS = {'blas': 196, 'onednn': 0}
 CPU_KERNELS = ('blas', 'onednn')
 
 
-@functools.lru_cache(maxsize=None)
-def _detected_cpu_kernels() -> str:
-    return 'onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512') else 'blas'
+# detected once: a plain constant for torch.compile to read
+_DETECTED_CPU_KERNELS = ('onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+                         else 'blas')
 
 
 def cpu_kernels() -> str:
     """'onednn' or 'blas': see ``CPU_KERNELS``; ``MMKW_CPU_KERNELS`` (default 'auto') chooses."""
     choice = os.environ.get('MMKW_CPU_KERNELS', 'auto')
     if choice == 'auto':
-        return _detected_cpu_kernels()
+        return _DETECTED_CPU_KERNELS
     if choice not in CPU_KERNELS:
         raise ValueError(f"MMKW_CPU_KERNELS must be 'auto' or one of {CPU_KERNELS}, got "
                          f'{choice!r}')
