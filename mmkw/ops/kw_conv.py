@@ -23,8 +23,8 @@ from .attention_options import (CAF_EPS, apply_attention_function,  # noqa: F401
                                 check_attention_function, init_beta, one_to_one_beta)
 from . import per_sample_conv
 from .per_sample_conv import (batch_chunks, choose_path, conv_output_size,
-                              matmul2d, mixed_input_conv2d, mixture_conv2d, output_kept,
-                              per_sample_conv2d, prefers_onednn)
+                              in_release_formulation, matmul2d, mixed_input_conv2d,
+                              mixture_conv2d, output_kept, per_sample_conv2d, prefers_onednn)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 
@@ -336,7 +336,10 @@ class KWConv2d(nn.Module):
         # kernels, or on the mixed-input path the mixed input z. A large batch runs a chunk of
         # samples at a time, so the peak memory holds one chunk's kernels (not B x params
         # numbers per conv), or one chunk's z with its copies and gradient (about 4 of them).
-        if path == 'mixed_input':
+        release = in_release_formulation()  # the whole batch at once, kernels kept
+        if release:
+            held, chunks = 0, [(0, batch)]
+        elif path == 'mixed_input':
             groups_out = self.mixture_grid[1]
             held = self.attention.num_cells * self.cell_shape[1] * groups_out * \
                 self._output_positions(x)
@@ -347,7 +350,7 @@ class KWConv2d(nn.Module):
             chunks = batch_chunks(batch, held)
         # In training they are computed again in the backward pass rather than kept.
         policy = self.warehouse_manager.recompute_kernels
-        recompute = torch.is_grad_enabled() and (
+        recompute = torch.is_grad_enabled() and not release and (
             policy is True or
             (policy == 'auto' and batch * held > per_sample_conv.RECOMPUTE_MIN_NUMEL))
         outs = []

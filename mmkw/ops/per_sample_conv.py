@@ -55,10 +55,16 @@ def prefers_onednn(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' and cpu_kernels() == 'onednn'
 
 
+# oneDNN's 1x1 convolution beats MKL's matmul from this many rows of ``a`` on (measured on the
+# assembly shapes: 2x slower at 9 rows, 1.5x faster at 72).
+ONEDNN_MATMUL_MIN_ROWS = 32
+
+
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
     where oneDNN is the faster library (see ``CPU_KERNELS``)."""
-    if prefers_onednn(a):
+    if a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and prefers_onednn(a) and \
+            not in_release_formulation():
         rows, inner = a.shape
         return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
     return torch.mm(a, b)
@@ -88,15 +94,22 @@ _formulation = threading.local()
 
 
 @contextmanager
-def assembled_kernels_only() -> Iterator[None]:
-    """Runs every KW conv as the assembly of Eq. 3 followed by a per-sample convolution, the
-    formulation whose multiply-adds the paper counts (the mixed-input path computes the same
-    outputs with more of them)."""
-    _formulation.assembled = True
+def release_formulation() -> Iterator[None]:
+    """Runs every KW conv as the official release does, which is also the formulation whose
+    multiply-adds the paper counts: one matmul assembles the per-sample kernels, they are
+    permuted into convolution layout, one grouped convolution over the batch applies them, and
+    they are kept for backward. For FLOP counts, and to time mmkw's paths against the release's
+    in one process (``tools/analysis/benchmark.py --release-formulation``)."""
+    previous = in_release_formulation()
+    _formulation.release = True
     try:
         yield
     finally:
-        _formulation.assembled = False
+        _formulation.release = previous
+
+
+def in_release_formulation() -> bool:
+    return getattr(_formulation, 'release', False)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
@@ -119,11 +132,13 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, 
     out_channels, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
     out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
     out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
-    if kh == kw == 1 and padding == (0, 0):
+    release = in_release_formulation()
+    if kh == kw == 1 and padding == (0, 0) and not release:
         if stride != (1, 1):
             x = x[:, :, ::stride[0], ::stride[1]]
         cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
-    elif out_h * out_w <= UNFOLD_MAX_POSITIONS['onednn' if prefers_onednn(x) else 'blas']:
+    elif not release and \
+            out_h * out_w <= UNFOLD_MAX_POSITIONS['onednn' if prefers_onednn(x) else 'blas']:
         cols = F.unfold(x, (kh, kw), dilation, padding, stride)
         cols = cols.view(batch * groups, channels // groups * kh * kw, out_h * out_w)
     else:
@@ -247,8 +262,7 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     :func:`per_sample_conv2d`). ``onednn``: the per-sample conv runs best as oneDNN's grouped
     conv (see ``CPU_KERNELS``), so the batched matmuls of 'mixture' are not chosen.
     """
-    if groups != 1 or tuple(cell_shape[2:]) != (1, 1) or getattr(_formulation, 'assembled',
-                                                                   False):
+    if groups != 1 or tuple(cell_shape[2:]) != (1, 1) or in_release_formulation():
         return 'assembled'
     spatial, _, groups_in = mixture_grid
     cell_out = cell_shape[0]

@@ -209,14 +209,40 @@ def test_path_choice_follows_the_cost_model():
     assert psc.choose_path(16, 4, 27, (1, 1, 1), (512, 512, 3, 3), 1) == 'assembled'
 
 
-def test_flops_count_the_assembled_formulation():
-    # the paper counts Eq. 3 and a per-sample conv; the benchmark's FLOP count runs that path
-    conv = Pair(16, 32, 3, 1, 1, '1x', 1.0).conv
+@pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
+def test_matmul2d(kernels, monkeypatch):
+    monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    calls = []
+    monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
+    b = torch.randn(27, 300)
+    for rows in (8, 64):  # a 1x1 conv from ONEDNN_MATMUL_MIN_ROWS rows on
+        a = torch.randn(rows, 27, requires_grad=True)
+        torch.testing.assert_close(psc.matmul2d(a, b), a @ b, atol=1e-5, rtol=1e-5)
+    assert calls == (['conv2d'] if kernels == 'onednn' else [])
+
+
+def test_release_formulation_assembles_and_keeps_kernels(monkeypatch):
+    # the paper's FLOP count and the benchmark's baseline formulation: Eq. 3, then one
+    # grouped conv over the batch, whatever the map size; exact like every path
+    monkeypatch.setenv('MMKW_CPU_KERNELS', 'onednn')
+    pair = Pair(16, 32, 3, 1, 1, '1x', 1.0, recompute=True)
+    conv = pair.conv
     x = torch.randn(2, 16, 2, 2)
     assert conv.execution_path(x) == 'mixed_input'
-    with psc.assembled_kernels_only():
+    calls = []
+    monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
+    with psc.release_formulation():
         assert conv.execution_path(x) == 'assembled'
+        # recompute_kernels=True does not apply: the kernels are kept
+        assert saved_bytes(conv, x) >= 2 * 32 * 16 * 9 * 4
+        out = conv(x)
+    assert calls.count('conv2d') == 2 and 'unfold' not in calls
     assert conv.execution_path(x) == 'mixed_input'
+    torch.testing.assert_close(out, reference_forward(conv, x), atol=1e-5, rtol=1e-5)
+    conv1x1 = Pair(16, 32, 1, 1, 1, '1x', 1.0).conv
+    with psc.release_formulation():
+        torch.testing.assert_close(conv1x1(x), reference_forward(conv1x1, x), atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_whole_kernel_cells_without_partition():

@@ -47,6 +47,23 @@ def test_compare_writes_json_with_every_measurement(tmp_path, capsys):
     assert kw in screen and 'train_speed' in screen
 
 
+def test_release_formulation_is_timed_beside_the_model(tmp_path):
+    out = tmp_path / 'bench.json'
+    run_tool([KW, '--release-formulation', '--shape', '16', '--batch-size', '2', '--repeats',
+              '2', '--warmup', '0', '--measure', 'params', 'inference', 'train', '--threads',
+              '1', '--out', str(out)])
+    report = json.loads(out.read_text())
+    kw = 'kw1x-resnet18_1xb16_digits'
+    release = f'{kw} (release formulation)'
+    assert list(report['models']) == [kw, release]
+    assert report['models'][release]['params'] == report['models'][kw]['params']
+    ratios = report['ratios'][f'{kw} vs {release}']
+    assert ratios['inference_speed'] == pytest.approx(
+        report['models'][release]['inference']['median_s'] /
+        report['models'][kw]['inference']['median_s'])
+    assert report['configs']['release_formulation'] is True
+
+
 def test_peak_memory_grows_with_the_batch():
     from torchvision.models import resnet18
     settings = BenchmarkSettings(shape=(32, 32))

@@ -1,14 +1,16 @@
 """Parameters, FLOPs, latency, throughput, training-step time and peak memory of a config's
 model, optionally against a second config in the same process (paper Tables 12 and 16).
 
-    python tools/analysis/benchmark.py CONFIG [--compare BASELINE_CONFIG]
+    python tools/analysis/benchmark.py CONFIG [--compare BASELINE_CONFIG] [--release-formulation]
         [--batch-size 8] [--shape 224 224] [--repeats 5] [--warmup 2] [--device cpu|cuda]
         [--memory-batch 32] [--measure params flops latency inference train memory]
         [--amp] [--threads N] [--out result.json] [--cfg-options ...]
 
 With ``--compare`` both models are timed interleaved (A, B, A, B, ...) and the ratios of
 CONFIG against the baseline are printed: a speed ratio of 0.75x means CONFIG runs at 75% of
-the baseline's speed. The full results go to a JSON file (``--out``, by default
+the baseline's speed. ``--release-formulation`` also times CONFIG's model with its KW convs
+run as the official release runs them, as a reference for mmkw's execution paths. The full
+results go to a JSON file (``--out``, by default
 ``work_dirs/benchmark/<config>[_vs_<baseline>].json``).
 """
 import argparse
@@ -25,7 +27,8 @@ import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmkw.analysis.benchmark import (MEASUREMENTS, BenchmarkSettings,  # noqa: E402
-                                     format_report, run_benchmark)
+                                     InReleaseFormulation, format_report, ratios,
+                                     run_benchmark)
 from mmkw.analysis.models import build_model_from_config  # noqa: E402
 from mmkw.engine import keep_freed_cpu_memory  # noqa: E402
 
@@ -36,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--compare', metavar='BASELINE_CONFIG',
                         help='a second config timed in the same process; ratios are '
                         'CONFIG against it')
+    parser.add_argument('--release-formulation', action='store_true',
+                        help="also time CONFIG's model (same weights) with every KW conv run as "
+                        'the official release does, and print the ratios of mmkw against it')
     parser.add_argument('--batch-size', type=int, default=8,
                         help='batch of the throughput and training-step timings')
     parser.add_argument('--latency-batch', type=int, default=1)
@@ -92,6 +98,10 @@ def main(argv=None) -> dict:
                                  measure=tuple(args.measure))
     name = osp.splitext(osp.basename(args.config))[0]
     models = {name: load_model(args.config, args.cfg_options)}
+    release = None
+    if args.release_formulation:
+        release = f'{name} (release formulation)'
+        models[release] = InReleaseFormulation(models[name])
     baseline = None
     if args.compare:
         baseline = osp.splitext(osp.basename(args.compare))[0]
@@ -101,7 +111,12 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     report = run_benchmark(models, settings, baseline=baseline,
                            progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    report['configs'] = dict(config=args.config, compare=args.compare)
+    if release is not None:
+        against_release = ratios(report['models'], release)
+        report.setdefault('ratios', {})[f'{name} vs {release}'] = \
+            against_release[f'{name} vs {release}']
+    report['configs'] = dict(config=args.config, compare=args.compare,
+                             release_formulation=args.release_formulation)
     report['environment']['cpu_allocator'] = allocator
     print(format_report(report))
     out = args.out or osp.join(
