@@ -24,3 +24,14 @@ def shapes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp('shapes')
     make_shapes_coco(str(root), num_train=8, num_val=4, img_size=96, seed=0)
     return root
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """torch on one thread for a module: on maps of a few pixels OpenMP synchronisation costs
+    more than a second thread gains, and collapses when the machine's cores are busy."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

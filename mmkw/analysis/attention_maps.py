@@ -41,7 +41,6 @@ class WarehouseMap:
         hits = self.beta[np.arange(len(top)), top] > 0
         return float(hits[has_beta].mean())
 
-
     def conv_stats(self) -> List[dict]:
         """Per conv: its rows, the share of its rows whose largest mean attention lies on a
         beta cell, and the mean attention on and off the beta cells (how much of the init
@@ -190,9 +189,10 @@ def save_heatmap(wmap: WarehouseMap, path: Path, title: str = '') -> None:
         ax.axhline(start - 0.5, color='black', linewidth=0.5)
     ax.set_yticks([(s + e - 1) / 2 for _, s, e in wmap.convs])
     labels = [name for name, _, _ in wmap.convs]
-    # drop a shared owner prefix such as 'backbone.', never part of a name
+    # drop a shared owner prefix such as 'backbone.' (only the first name component: the
+    # layer names after it tell the convs of a stage apart)
     common = os.path.commonprefix(labels) if len(labels) > 1 else ''
-    common = common[:common.rfind('.') + 1]
+    common = common[:common.find('.') + 1]
     ax.set_yticklabels([label[len(common):] for label in labels], fontsize=6)
     ax.set_xlabel(f'cell j (n = {cols})')
     ax.set_title(title or wmap.name, fontsize=9)

@@ -326,7 +326,8 @@ def format_report(report: dict) -> str:
     """The on-screen table: one row per model, then the ratios."""
     lines = []
     width = max([44] + [len(name) for name in report['models']])
-    header = (f"{'model':<{width}} {'params':>8} {'GFLOPs':>7} {'lat b' + str(report['settings']['latency_batch']) + ' ms':>11} "
+    latency = f"lat b{report['settings']['latency_batch']} ms"
+    header = (f"{'model':<{width}} {'params':>8} {'GFLOPs':>7} {latency:>11} "
               f"{'infer img/s':>11} {'train img/s':>11} {'peak MiB':>9}")
     lines += [header, '-' * len(header)]
 

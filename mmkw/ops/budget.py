@@ -65,11 +65,13 @@ class Budget:
             try:
                 b = float(Fraction(text[:-1]))
             except (ValueError, ZeroDivisionError):
-                raise ValueError(f"budget {budget!r} must look like '1x', '1/2x' or '0.25x'") from None
+                raise ValueError(
+                    f"budget {budget!r} must look like '1x', '1/2x' or '0.25x'") from None
         elif isinstance(budget, (int, float)) and not isinstance(budget, bool):
             b = float(budget)
         else:
-            raise TypeError(f'budget must be a str, number, dict or Budget, got {type(budget).__name__}')
+            raise TypeError('budget must be a str, number, dict or Budget, got '
+                            f'{type(budget).__name__}')
         if not b > 0:
             raise ValueError(f'budget must be positive, got {budget!r}')
         if b >= 1:

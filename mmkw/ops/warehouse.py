@@ -79,9 +79,10 @@ class WarehouseManager(nn.Module):
             basis and attention_init 'one_to_one' or None.
         recompute_kernels: in training, whether a conv assembles its per-sample kernels again
             in the backward pass instead of keeping them (``B x params`` numbers) from the
-            forward pass: one more assembly matmul per conv and step for a much smaller peak
-            memory (see :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False,
-            or 'auto' (default): recompute the convs whose kernels for the batch exceed
+            forward pass (on the mixed-input path of small maps: mixes its input again): one
+            more assembly per conv and step for a much smaller peak memory (see
+            :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False, or 'auto'
+            (default): recompute the convs whose kernels (or mixed input) for the batch exceed
             ``RECOMPUTE_MIN_NUMEL`` (16 MiB in fp32); smaller ones cost little to keep.
     """
 

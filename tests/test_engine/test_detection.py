@@ -61,7 +61,7 @@ class TauProbe(Hook):
 
 def test_finetune_mask_rcnn_with_pretrained_kw_backbone(shapes_root, tmp_path):
     checkpoint = tmp_path / 'digits.pth'
-    state = pretraining_checkpoint(checkpoint)
+    pretraining_checkpoint(checkpoint)
     runner = Runner.from_cfg(detection_cfg(shapes_root, tmp_path / 'work', checkpoint))
     probe = TauProbe()
     runner.register_hook(probe)

@@ -8,16 +8,7 @@ import mmkw  # noqa: F401  (registers the modules)
 from mmkw.models import KWConvNeXt
 from mmkw.ops import KWConv2d, set_temperature
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Maps of a few pixels: OpenMP synchronisation dominates a second thread's gain, and
-    # collapses when the cores are busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 PAPER_1X = [16, 4, 4, 4] + [147, 24] * 6  # Table 14, KW (1x): n = m
 # (budget, layout): params (M) with a 1000-class head, cells n and mixtures mt per warehouse

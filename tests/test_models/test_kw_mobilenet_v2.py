@@ -8,16 +8,7 @@ import mmkw  # noqa: F401  (registers the modules)
 from mmkw.models import KWLinearClsHead, KWMobileNetV2
 from mmkw.ops import KWConv2d, set_temperature
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # Maps of a few pixels: OpenMP synchronisation dominates a second thread's gain, and
-    # collapses when the cores are busy.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 # (widen factor, budget): params (M) with a 1000-class head (the release; the KW classifier
 # for 1/2x), cells n and mixtures mt per warehouse. For 1.0x n and mt are Table 14's; the

@@ -23,10 +23,11 @@ class KWStack(nn.Module):
         self.warehouse_manager = WarehouseManager(budget, reduction, nonlocal_basis_ratio,
                                                   attention_init=attention_init)
         self.convs = nn.ModuleList([
-            KWConv2d(l['in'], l['out'], l['k'], l.get('stride', 1), l.get('padding', l['k'] // 2),
-                     groups=l.get('groups', 1), bias=l.get('bias', False),
+            KWConv2d(layer['in'], layer['out'], layer['k'], layer.get('stride', 1),
+                     layer.get('padding', layer['k'] // 2),
+                     groups=layer.get('groups', 1), bias=layer.get('bias', False),
                      warehouse_manager=self.warehouse_manager,
-                     warehouse_name=f"w{l.get('group', 0)}") for l in layers
+                     warehouse_name=f"w{layer.get('group', 0)}") for layer in layers
         ])
         self.warehouse_manager.build(self)
 
@@ -167,7 +168,8 @@ def test_caf_normalises_and_temperature_mixes_beta():
     set_temperature(net, 0.0)
     logits = att.logits(x)
     alpha0 = att(x)
-    torch.testing.assert_close(alpha0, (logits / (logits.abs().sum(2, keepdim=True) + 1e-3))[..., :-1])
+    caf = logits / (logits.abs().sum(2, keepdim=True) + 1e-3)
+    torch.testing.assert_close(alpha0, caf[..., :-1])
     assert (alpha0 < 0).any(), 'CAF keeps negative attentions'
     set_temperature(net, 0.4)
     torch.testing.assert_close(att(x), 0.6 * alpha0 + 0.4 * att.beta[:, :-1])

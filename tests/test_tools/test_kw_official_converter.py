@@ -29,14 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO.parent / 'shared' / 'fixtures' / 'official_kw'
 TOOL = REPO / 'tools' / 'model_converters' / 'kw_official_to_mmkw.py'
 
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # The machine's cores are shared: a second thread only adds synchronisation here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @lru_cache(maxsize=None)
@@ -77,10 +70,12 @@ class FixtureNet(nn.Module):
         self.warehouse_manager = WarehouseManager(budget, manager['reduction'],
                                                   manager.get('nonlocal_basis_ratio', 1.0))
         self.convs = nn.ModuleList([
-            KWConv2d(l['in'], l['out'], l['k'], l.get('stride', 1), l.get('padding', l['k'] // 2),
-                     groups=l.get('groups', 1), bias=l.get('bias', False),
-                     warehouse_manager=self.warehouse_manager, warehouse_name=f"w{l['group']}")
-            for l in desc['layers']
+            KWConv2d(layer['in'], layer['out'], layer['k'], layer.get('stride', 1),
+                     layer.get('padding', layer['k'] // 2),
+                     groups=layer.get('groups', 1), bias=layer.get('bias', False),
+                     warehouse_manager=self.warehouse_manager,
+                     warehouse_name=f"w{layer['group']}")
+            for layer in desc['layers']
         ])
         self.warehouse_manager.build(self)
 
