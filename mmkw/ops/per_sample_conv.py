@@ -70,46 +70,44 @@ def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.mm(a, b)
 
 
-_kept = threading.local()
+# Flags that the code being run sets around a region (also during a recomputation in the
+# backward pass, which runs the same code): thread-local, restored on exit.
+_flags = threading.local()
 
 
 @contextmanager
-def keep_output() -> Iterator[None]:
+def _flag(name: str) -> Iterator[None]:
+    previous = getattr(_flags, name, False)
+    setattr(_flags, name, True)
+    try:
+        yield
+    finally:
+        setattr(_flags, name, previous)
+
+
+def keep_output():
     """Marks the per-sample convolution (or the warehouse matmul of the mixed-input path), whose
     output a recomputing backward keeps (see
     :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). Only that product may run inside:
     a recomputing backward keeps the output of every convolution or matmul in it."""
-    _kept.active = True
-    try:
-        yield
-    finally:
-        _kept.active = False
+    return _flag('keep_output')
 
 
 def output_kept() -> bool:
-    return getattr(_kept, 'active', False)
+    return getattr(_flags, 'keep_output', False)
 
 
-_formulation = threading.local()
-
-
-@contextmanager
-def release_formulation() -> Iterator[None]:
+def release_formulation():
     """Runs every KW conv as the official release does, which is also the formulation whose
     multiply-adds the paper counts: one matmul assembles the per-sample kernels, they are
     permuted into convolution layout, one grouped convolution over the batch applies them, and
     they are kept for backward. For FLOP counts, and to time mmkw's paths against the release's
     in one process (``tools/analysis/benchmark.py --release-formulation``)."""
-    previous = in_release_formulation()
-    _formulation.release = True
-    try:
-        yield
-    finally:
-        _formulation.release = previous
+    return _flag('release')
 
 
 def in_release_formulation() -> bool:
-    return getattr(_formulation, 'release', False)
+    return getattr(_flags, 'release', False)
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
