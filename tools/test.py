@@ -8,7 +8,7 @@ from mmengine.evaluator import DumpResults
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401  (registers KW modules and safe checkpoint loading)
-from mmkw.engine import keep_freed_cpu_memory, setup_distributed
+from mmkw.engine import keep_freed_cpu_memory, setup_distributed, teardown_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,6 +51,7 @@ def main() -> None:
             raise ValueError(f'--out must be a .pkl file, got {args.out}')
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     runner.test()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

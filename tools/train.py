@@ -7,7 +7,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401  (registers KW modules and safe checkpoint loading)
-from mmkw.engine import keep_freed_cpu_memory, setup_distributed
+from mmkw.engine import keep_freed_cpu_memory, setup_distributed, teardown_distributed
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,6 +78,7 @@ def main() -> None:
     setup_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()
+    teardown_distributed()
 
 
 if __name__ == '__main__':

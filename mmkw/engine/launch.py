@@ -29,3 +29,15 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
     wrapper.setdefault('device_ids', None)
     wrapper.setdefault('broadcast_buffers', False)
     cfg.model_wrapper_cfg = wrapper
+
+
+def teardown_distributed() -> None:
+    """End the process group once the run is over.
+
+    Left to the interpreter's exit, gloo's worker threads are destroyed in an undefined order
+    and a process sometimes aborts after finishing its work ("terminate called without an
+    active exception", exit status -6), which fails the whole distributed run.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
