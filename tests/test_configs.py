@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 from mmengine.config import Config
-from mmengine.registry import init_default_scope
 
-from mmkw.ops import KWAttention
+from mmkw.analysis.models import build_model_from_config
+from mmkw.ops import DynamicAttention, KWAttention
 
 CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / 'configs').rglob('*.py')
                  if '_base_' not in p.parts)
@@ -18,21 +18,23 @@ def test_configs_found():
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: f'{p.parent.name}/{p.name}')
 def test_config_builds_model(path):
     cfg = Config.fromfile(str(path))
-    init_default_scope(cfg.get('default_scope', 'mmengine'))
-    if cfg.default_scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model)
+    model = build_model_from_config(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
     backbone_type = cfg.model.backbone.type
     assert model.backbone.__class__.__name__ == backbone_type.split('.')[-1]
+    hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
+    pretrained = isinstance(cfg.model.backbone.get('init_cfg'), dict) and \
+        cfg.model.backbone.init_cfg.get('type') == 'Pretrained'
     if any(isinstance(m, KWAttention) for m in model.modules()):
-        hooks = [h['type'] for h in cfg.get('custom_hooks', [])]
-        pretrained = isinstance(cfg.model.backbone.get('init_cfg'), dict) and \
-            cfg.model.backbone.init_cfg.get('type') == 'Pretrained'
         if pretrained:
             # fine-tuning disables the init strategy (A.1.2)
-            assert cfg.model.backbone.attention_init is None and 'KWTemperatureHook' not in hooks
+            assert not any(m.init_strategy for m in model.modules()
+                           if isinstance(m, KWAttention)) and 'KWTemperatureHook' not in hooks
         else:
             assert 'KWTemperatureHook' in hooks
+    elif any(isinstance(m, DynamicAttention) for m in model.modules()):
+        # ODConv / DY-Conv: T from 30 to 1 in pretraining, T = 1 when fine-tuning
+        assert ('TemperatureHook' in hooks) != pretrained, hooks
+    else:
+        assert not {'KWTemperatureHook', 'TemperatureHook'} & set(hooks), \
+            'a temperature hook in a config without dynamic-conv attentions'

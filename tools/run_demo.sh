@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The main job of the README: set up .venv, then the whole KW pipeline on embedded data, on CPU.
+# The main job of the README: set up .venv, then the whole pipeline on embedded data, on CPU,
+# for KW ResNet-18 (1x) and KernelDNA ResNet-18, the two systems mmkw was made for.
 #   1. write the digits (ImageNet layout) and shapes (COCO layout) datasets;
 #   2. print the parameter count and warehouse table of the classifier and the detector;
-#   3. pretrain KW ResNet-18 (1x) on digits with the tau schedule, evaluate top-1;
-#   4. fine-tune Mask R-CNN with that backbone (init strategy off) on shapes, evaluate COCO
+#   3. pretrain each on digits (KW with the tau schedule), evaluate top-1;
+#   4. fine-tune Mask R-CNN with each backbone (KW's init strategy off) on shapes, evaluate COCO
 #      box and mask AP;
-#   5. draw the classifier's mean learnt attentions per warehouse (work_dirs/vis_attention).
-# DEMO_BASELINE=1 also runs the same two stages with plain ResNet-18 for comparison.
+#   5. draw the KW classifier's mean learnt attentions per warehouse (work_dirs/vis_attention).
+# DEMO_BASELINE=1 also runs the same two stages with plain ResNet-18, DEMO_PEERS=1 with ODConv
+# (4x) ResNet-18, for comparison.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,9 +29,15 @@ run() {  # run CONFIG: train with the stock CLI, report wall time
 }
 mkdir -p work_dirs
 : > work_dirs/demo_times.txt
-configs=("$CLS" "$DET")
+configs=("$CLS" "$DET"
+         configs/kdna_resnet/kdna-resnet18_1xb16_digits.py
+         configs/mask_rcnn/mask-rcnn_kdna-r18-slim_fpn_shapes.py)
 if [[ "${DEMO_BASELINE:-0}" == 1 ]]; then
   configs+=(configs/kw_resnet/resnet18_1xb16_digits.py configs/mask_rcnn/mask-rcnn_r18-slim_fpn_shapes.py)
+fi
+if [[ "${DEMO_PEERS:-0}" == 1 ]]; then
+  configs+=(configs/odconv/odconv4x-resnet18_1xb16_digits.py
+            configs/mask_rcnn/mask-rcnn_odconv4x-r18-slim_fpn_shapes.py)
 fi
 for config in "${configs[@]}"; do
   run "$config"

@@ -57,7 +57,9 @@ fi
 
 log "installing mmcv, mmengine, mmdet, mmpretrain and test tools"
 "${PIP[@]}" install -q "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl \
-  -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/tests.txt"
+  -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/cls.txt" \
+  -r "$ROOT/requirements/det.txt" -r "$ROOT/requirements/demo.txt" \
+  -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/deploy.txt"
 
 log "installing mmkw (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"

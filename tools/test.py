@@ -44,7 +44,7 @@ def main() -> None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
     cfg.launcher = args.launcher
-    setup_distributed(cfg, args.launcher)
+    setup_distributed(cfg, args.launcher, training=False)
     runner = Runner.from_cfg(cfg)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -7,6 +7,6 @@ model = dict(
     head=dict(loss={{_base_.label_smooth_loss}}),
     train_cfg={{_base_.batch_mix}})
 custom_hooks = [
-    dict(type='KWTemperatureHook', tau_epochs=20),
+    dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}}),
     dict(type='EMAHook', momentum=1e-4, priority='ABOVE_NORMAL'),
 ]

@@ -9,3 +9,4 @@ _base_ = [
 model = dict(
     backbone=dict(widen_factor=0.5, budget='1/2x'),
     head=dict(type='KWLinearClsHead'))
+custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]

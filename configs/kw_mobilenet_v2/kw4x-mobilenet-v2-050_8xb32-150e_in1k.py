@@ -5,3 +5,4 @@ _base_ = [
     '../_base_/recipes/mobilenet_8xb32-150e_in1k.py',
 ]
 model = dict(backbone=dict(widen_factor=0.5, budget='4x'))
+custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]

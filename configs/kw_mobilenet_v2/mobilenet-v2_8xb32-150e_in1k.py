@@ -6,4 +6,3 @@ _base_ = [
     'mmpretrain::_base_/models/mobilenet_v2_1x.py',
     '../_base_/recipes/mobilenet_8xb32-150e_in1k.py',
 ]
-custom_hooks = []  # no KW layer, no temperature

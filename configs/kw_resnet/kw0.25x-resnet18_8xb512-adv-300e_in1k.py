@@ -4,3 +4,4 @@ model = dict(
     backbone=dict(budget='1/4x', drop_path_rate=0.0),
     head=dict(loss={{_base_.label_smooth_loss}}),
     train_cfg={{_base_.batch_mix}})
+custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]

@@ -1,6 +1,8 @@
 # KW (1/2x) ResNet-50, advanced strategy (paper Table 2); drop path 0.1 as in the release.
 _base_ = ['../_base_/models/kw-resnet50_in1k.py', '../_base_/recipes/advanced_8xb512_in1k.py']
 model = dict(
-    backbone=dict(budget='1/2x', drop_path_rate=0.1, nonlocal_basis_ratio=1 / 16),
+    backbone=dict(budget='1/2x', drop_path_rate=0.1, drop_path_schedule='uniform',
+                  nonlocal_basis_ratio=1 / 16),
     head=dict(loss={{_base_.label_smooth_loss}}),
     train_cfg={{_base_.batch_mix}})
+custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]

@@ -1,6 +1,7 @@
 # KW (1x) ResNet-18, advanced strategy (paper Table 2); drop path as in the release.
 _base_ = ['../_base_/models/kw-resnet18_in1k.py', '../_base_/recipes/advanced_8xb512_in1k.py']
 model = dict(
-    backbone=dict(budget='1x', drop_path_rate=0.1),
+    backbone=dict(budget='1x', drop_path_rate=0.1, drop_path_schedule='uniform'),
     head=dict(loss={{_base_.label_smooth_loss}}),
     train_cfg={{_base_.batch_mix}})
+custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]

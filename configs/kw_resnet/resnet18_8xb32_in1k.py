@@ -3,4 +3,3 @@ _base_ = [
     'mmpretrain::_base_/models/resnet18.py',
     '../_base_/recipes/traditional_8xb32_in1k.py',
 ]
-custom_hooks = []  # no KW layer, no temperature

@@ -5,4 +5,3 @@ _base_ = [
     '../_base_/recipes/advanced_8xb512_in1k.py',
 ]
 model = dict(head=dict(loss={{_base_.label_smooth_loss}}), train_cfg={{_base_.batch_mix}})
-custom_hooks = []  # no KW layer, no temperature

@@ -3,8 +3,15 @@
 For each model: parameters, FLOPs (mmengine's analyzer, batch 1), latency at batch 1,
 inference throughput and training-step time at a chosen batch, and peak training memory.
 Timings take a warm-up, then repeated runs reported as median with the spread (min, max and
-interquartile range). Several models are timed in one process and *interleaved* (A, B, A, B,
-...) so that a machine-wide slowdown hits all of them alike and their ratios stay honest.
+interquartile range). Several models are timed in one process and *interleaved* (A, B, C, A,
+B, C, ...) so that a machine-wide slowdown hits all of them alike and their ratios stay honest;
+:func:`ratios` relates every model to a reference one (paper Tables 12 and 16) and
+:func:`plot_ratios` draws them.
+
+Any dynamic-conv method is measured alike (the FLOPs of every :class:`~mmkw.ops.DynamicConv2d`
+are those of its release's formulation, see :func:`count_flops`). mmdet detectors run their
+tensor-mode forward (backbone, neck and heads, no post-processing) through
+:class:`DetectorTensorForward`.
 
 Peak training memory is what the tensors of one training step need at their peak: on CUDA
 from the caching allocator's statistics, on CPU from the profiler's allocation events (the
@@ -113,14 +120,15 @@ def _loss_of(output) -> torch.Tensor:
 class ModelUnderTest:
     """One model and the callables that the benchmark times.
 
-    ``model`` must accept a ``[B, 3, H, W]`` tensor in its ``forward`` (mmpretrain and mmdet
-    models do in their default ``mode='tensor'``; so do backbones).
+    ``model`` must accept a ``[B, 3, H, W]`` tensor in its ``forward`` (mmpretrain models do
+    in their default ``mode='tensor'``; so do backbones); an mmdet detector is wrapped in
+    :class:`DetectorTensorForward`.
     """
 
     def __init__(self, name: str, model: nn.Module, settings: BenchmarkSettings) -> None:
         self.name = name
         self.settings = settings
-        self.model = model.to(settings.device)
+        self.model = tensor_model(model).to(settings.device)
         # Plain SGD: its update is cheap and the same for every model, so the step time
         # reflects forward and backward.
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
@@ -153,9 +161,60 @@ class ModelUnderTest:
         return run
 
 
+class DetectorTensorForward(nn.Module):
+    """An mmdet detector as a module of one tensor ``[B, 3, H, W]``: its ``mode='tensor'``
+    forward (backbone, neck and the heads' raw outputs, as mmdet's ``get_flops`` measures it)
+    with data samples that describe unpadded ``H x W`` images. The parameters are the
+    detector's."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor):
+        from mmdet.structures import DetDataSample
+        height, width = x.shape[-2:]
+        samples = []
+        for _ in range(x.shape[0]):
+            sample = DetDataSample()
+            sample.set_metainfo(dict(img_shape=(height, width), ori_shape=(height, width),
+                                     pad_shape=(height, width),
+                                     batch_input_shape=(height, width), scale_factor=(1.0, 1.0)))
+            samples.append(sample)
+        return self.detector(x, samples, mode='tensor')
+
+
+def is_mmdet_detector(model: nn.Module) -> bool:
+    """Whether ``model`` is an mmdet detector (whose forward needs data samples)."""
+    try:
+        from mmdet.models.detectors import BaseDetector
+    except ImportError:  # mmdet is optional
+        return False
+    return isinstance(model, BaseDetector)
+
+
+def tensor_model(model: nn.Module) -> nn.Module:
+    """``model`` as a module that takes one image tensor: mmdet detectors wrapped in
+    :class:`DetectorTensorForward`, everything else (mmpretrain classifiers, backbones) as is."""
+    return DetectorTensorForward(model) if is_mmdet_detector(model) else model
+
+
+def dynamic_conv_counts(model: nn.Module) -> Dict[str, int]:
+    """How many dynamic convs of each layer type ``model`` has (``{}``: a plain network)."""
+    from mmkw.ops import DYNAMIC_LAYERS
+    counts: Dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, DYNAMIC_LAYERS):
+            name = type(module).__name__
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 class InReleaseFormulation(nn.Module):
-    """``model`` with every KW conv run in the official release's formulation (see
-    :func:`mmkw.ops.per_sample_conv.release_formulation`); the parameters are ``model``'s."""
+    """``model`` with every dynamic conv run in its official release's formulation (see
+    :func:`mmkw.ops.per_sample_conv.release_formulation`: per-sample kernels assembled for the
+    whole batch and applied by one grouped convolution, kept for backward); the parameters are
+    ``model``'s."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -176,10 +235,13 @@ def count_flops(model: nn.Module, shape: Tuple[int, int], device: str) -> dict:
     """Multiply-adds of one ``[1, 3, H, W]`` forward pass in eval mode (mmengine's
     FlopAnalyzer counts one multiply-add as one flop).
 
-    The analyzer traces the model. KW layers run as the paper counts them, the per-sample
-    kernel assembly (Eq. 3) and the per-sample convolution (the release's formulation),
-    whatever path the timed runs take (the mixed-input path of small maps does more
-    multiply-adds to move less memory).
+    The analyzer traces the model. Every dynamic conv (:class:`~mmkw.ops.DynamicConv2d`) runs
+    in its release's formulation, as the papers count them: the per-sample kernel assembly (KW's
+    Eq. 3, the K-kernel mixtures of ODConv and DY-Conv, counted as their matmuls) and one
+    per-sample convolution, whatever path the timed runs take (KW's mixed-input path of small
+    maps does more multiply-adds to move less memory). The attentions count through their
+    linear layers and 1x1 convs; element-wise scalings (ODConv's channel, filter and spatial
+    attentions, CAF) are not multiply-adds to the analyzer.
     """
     from mmengine.analysis import FlopAnalyzer
     model.eval()
@@ -252,7 +314,8 @@ def run_benchmark(models: Dict[str, nn.Module], settings: BenchmarkSettings,
     """Measure every model; timings are interleaved across models.
 
     Returns ``{'settings': ..., 'environment': ..., 'models': {name: results}}`` and, when a
-    ``baseline`` (one of the names) is given, ``'ratios'`` of every other model against it.
+    ``baseline`` (one of the names) is given, ``'reference'`` (its name) and ``'ratios'`` of
+    every other model against it (see :func:`ratios`).
     """
     if baseline is not None and baseline not in models:
         raise ValueError(f'baseline {baseline!r} is not one of the models {list(models)}')
@@ -260,6 +323,7 @@ def run_benchmark(models: Dict[str, nn.Module], settings: BenchmarkSettings,
     results: Dict[str, dict] = {name: {} for name in units}
     say = progress or (lambda _: None)
     for name, unit in units.items():
+        results[name]['dynamic_convs'] = dynamic_conv_counts(unit.model)
         if 'params' in settings.measure:
             results[name].update(count_parameters(unit.model))
         if 'flops' in settings.measure:
@@ -286,6 +350,7 @@ def run_benchmark(models: Dict[str, nn.Module], settings: BenchmarkSettings,
     report = dict(settings=asdict(settings), environment=environment(settings),
                   models=results)
     if baseline is not None:
+        report['reference'] = baseline
         report['ratios'] = ratios(results, baseline)
     return report
 
@@ -350,6 +415,111 @@ def format_report(report: dict) -> str:
     for pair, row in report.get('ratios', {}).items():
         lines.append('')
         lines.append(f'{pair}: ' + ', '.join(f'{k} {v:.3f}x' for k, v in row.items()))
+    if len(report.get('ratios', {})) > 1:
+        lines.append('')
+        lines.append(format_ratio_table(report))
     lines.append('')
     lines.append('± is the interquartile range of the timed runs, relative to the median.')
     return '\n'.join(lines)
+
+
+# the ratios of :func:`ratios` in table and plot order, with their labels
+RATIO_COLUMNS = (('params_ratio', 'params'), ('flops_ratio', 'FLOPs'),
+                 ('latency_speed', 'latency speed'), ('inference_speed', 'inference speed'),
+                 ('train_speed', 'training speed'), ('memory_ratio', 'peak memory'))
+
+
+def _pair_label(pair: str, reference: Optional[str]) -> str:
+    """A ratio's label: the model's name when it is against the reference, else the pair."""
+    name, against = pair.rsplit(' vs ', 1)
+    return name if against == reference else pair
+
+
+def _ratio_columns(report: dict) -> List[Tuple[str, str]]:
+    present = {key for row in report.get('ratios', {}).values() for key in row}
+    return [(key, label) for key, label in RATIO_COLUMNS if key in present]
+
+
+def format_ratio_table(report: dict, markdown: bool = False) -> str:
+    """The ratios of every compared pair as one table (speeds: > 1 is faster than the
+    reference; params, FLOPs, memory: > 1 is more). ``markdown`` gives a Markdown table with the
+    absolute numbers of each model beside its ratios, as in the README."""
+    columns = _ratio_columns(report)
+    pairs = report.get('ratios', {})
+    if not markdown:
+        width = max(len(pair) for pair in pairs)
+        header = f"{'ratios':<{width}} " + ' '.join(f'{label:>15}' for _, label in columns)
+        lines = [header, '-' * len(header)]
+        for pair, row in pairs.items():
+            cells = [f'{row[key]:.3f}x' if key in row else '-' for key, _ in columns]
+            lines.append(f'{pair:<{width}} ' + ' '.join(f'{c:>15}' for c in cells))
+        return '\n'.join(lines)
+    models = report['models']
+    lines = ['| model | ' + ' | '.join(label for _, label in columns) + ' |',
+             '| --- |' + ' --- |' * len(columns)]
+
+    def absolute(result: dict, key: str) -> str:
+        if key == 'params_ratio' and 'params_m' in result:
+            return f"{result['params_m']:.2f}M"
+        if key == 'flops_ratio' and 'gflops' in result:
+            return f"{result['gflops']:.2f}G"
+        if key == 'memory_ratio' and 'memory' in result:
+            return f"{result['memory']['peak_mb']:.0f} MiB"
+        timing = key.replace('_speed', '')
+        if timing in result:
+            if timing == 'latency':
+                return f"{result[timing]['median_s'] * 1e3:.1f} ms"
+            return f"{result[timing]['images_per_s']:.1f} img/s"
+        return '-'
+
+    reference = report.get('reference')
+    if reference in models:
+        lines.append(f'| {reference} (reference) | ' +
+                     ' | '.join(absolute(models[reference], key) for key, _ in columns) + ' |')
+    for pair, row in pairs.items():
+        result = models.get(pair.rsplit(' vs ', 1)[0], {})
+        cells = [f'{absolute(result, key)} ({row[key]:.2f}x)' if key in row else '-'
+                 for key, _ in columns]
+        lines.append(f'| {_pair_label(pair, reference)} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_ratios(report: dict, path: str, title: Optional[str] = None) -> None:
+    """A PNG bar chart of the ratios: one group of bars per measure (params, FLOPs, latency,
+    inference and training speed, peak memory), one bar per compared pair, a line at 1 (the
+    reference). Drawn with matplotlib's Agg backend (no display needed)."""
+    pairs = report.get('ratios', {})
+    if not pairs:
+        raise ValueError('no ratios to plot: give at least two configs (ratios are to the '
+                         'first) or --release-formulation')
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    columns = _ratio_columns(report)
+    reference = report.get('reference')
+    positions = np.arange(len(columns))
+    width = 0.8 / len(pairs)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(columns) + 0.3 * len(pairs)), 4.5),
+                           dpi=100)
+    for i, (pair, row) in enumerate(pairs.items()):
+        values = [row.get(key, np.nan) for key, _ in columns]
+        bars = ax.bar(positions - 0.4 + (i + 0.5) * width, values, width,
+                      label=_pair_label(pair, reference))
+        for bar, value in zip(bars, values):
+            if np.isfinite(value):
+                ax.annotate(f'{value:.2f}', (bar.get_x() + bar.get_width() / 2, value),
+                            ha='center', va='bottom', fontsize=7)
+    ax.axhline(1.0, color='black', linewidth=0.8)
+    ax.set_xticks(positions)
+    ax.set_xticklabels([label.replace(' ', '\n') for _, label in columns], fontsize=8)
+    ax.set_ylabel('ratio (speed: > 1 is faster)')
+    settings = report.get('settings', {})
+    against = f'against {reference}, ' if reference else ''
+    ax.set_title(title or f"{against}batch {settings.get('batch_size')}, "
+                 f"{'x'.join(str(s) for s in settings.get('shape', ()))} input, "
+                 f"{settings.get('device', '')}", fontsize=9)
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.15))
+    fig.savefig(path, bbox_inches='tight')
+    plt.close(fig)

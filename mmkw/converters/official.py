@@ -262,18 +262,8 @@ def expected_shapes(target: Target) -> 'OrderedDict[str, Shape]':
 def expected_shapes_from_config(config: Union[PathLike, Any]) -> 'OrderedDict[str, Shape]':
     """State-dict keys and shapes of the model of an mmpretrain or mmdet config (a path or an
     mmengine ``Config``), e.g. a Mask R-CNN config to check a detector checkpoint in full."""
-    from mmengine.config import Config
-    from mmengine.registry import init_default_scope
-
-    import mmkw  # noqa: F401  (registers the KW modules)
-    cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
-    scope = cfg.get('default_scope', 'mmengine')
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    model = MODELS.build(cfg.model)
+    from mmkw.analysis.models import build_model_from_config
+    model = build_model_from_config(str(config) if isinstance(config, Path) else config)
     return OrderedDict((k, tuple(v.shape)) for k, v in model.state_dict().items())
 
 
@@ -373,7 +363,7 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
         if stem is None:
             raise ConversionError('a MobileNetV2-like checkpoint without the stem norm '
                                   f'"features.0.1.weight": pass --arch ({choices})')
-        from mmkw.models.backbones.kw_mobilenet_v2 import make_divisible
+        from mmkw.models.backbones.mobilenet_v2 import make_divisible
         names = [name for name, (family, kwargs) in ARCHS.items() if family == 'mobilenet_v2'
                  and make_divisible(32 * kwargs['widen_factor'], 8) == stem.shape[0]]
         if len(names) != 1:

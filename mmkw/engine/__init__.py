@@ -1,9 +1,11 @@
 from .allocator import keep_freed_cpu_memory
 from .checkpoint import register_checkpoint_safe_globals
-from .hooks import KWTemperatureHook
+from .hooks import KWTemperatureHook, TemperatureHook
 from .launch import setup_distributed, teardown_distributed
+from .optimizers import ConvNeXtLayerDecayOptimWrapperConstructor
 
 __all__ = [
-    'KWTemperatureHook', 'keep_freed_cpu_memory', 'register_checkpoint_safe_globals',
-    'setup_distributed', 'teardown_distributed'
+    'ConvNeXtLayerDecayOptimWrapperConstructor', 'KWTemperatureHook', 'TemperatureHook',
+    'keep_freed_cpu_memory',
+    'register_checkpoint_safe_globals', 'setup_distributed', 'teardown_distributed'
 ]

@@ -9,26 +9,23 @@ Shapes: input ``[B, C_in, H, W]``; attention ``[B, m, n]``; warehouse ``[n, c_ou
 assembled kernels ``[B, C_out, C_in / groups, kh, kw]``.
 """
 import warnings
-from functools import partial
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
-from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
-                                    create_selective_checkpoint_contexts)
-from torch.nn.modules.utils import _pair
 
 from .attention_options import (CAF_EPS, apply_attention_function,  # noqa: F401 (re-export)
                                 check_attention_function, init_beta, one_to_one_beta)
-from . import per_sample_conv
-from .per_sample_conv import (batch_chunks, choose_path, conv_output_size,
-                              in_release_formulation, matmul2d, mixed_input_conv2d,
-                              mixture_conv2d, output_kept, per_sample_conv2d, prefers_onednn)
+from .dynamic_conv import (Attention, DynamicAttention, DynamicConv2d,  # noqa: F401 (re-export)
+                           channel_scales_to_kernel, convolve_recomputing_kernels)
+from .norm_guard import check_norm_batch
+from .per_sample_conv import (choose_path, matmul2d, mixed_input_conv2d, mixture_conv2d,
+                              per_sample_conv2d, prefers_onednn)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 
-class KWAttention(nn.Module):
+class KWAttention(DynamicAttention):
     """Attention of one KW conv: GAP -> fc1 -> norm -> ReLU -> fc2 -> CAF (Eq. 4).
 
     Args:
@@ -47,16 +44,25 @@ class KWAttention(nn.Module):
             mixture ``i`` only uses its own cell ``start + i`` (needs b = 1), so ``fc2`` yields
             two logits per mixture (its cell and the zero cell) and the attentions ``[B, m, n]``
             are zero off that diagonal.
+        extra_heads: KW* (Table 17, a reconstruction of ``peers_format.md`` §4):
+            ``(C_in, C_out, kh * kw)`` adds ODConv-style heads on the trunk, ``channel_fc``,
+            ``filter_fc`` and ``spatial_fc`` (linear with bias, sigmoid), whose outputs scale the
+            conv's input channels, output channels and kernel positions
+            (:meth:`forward_with_heads`). tau does not act on them.
 
     ``forward`` maps ``[B, C_in, H, W]`` to attentions ``[B, m, n]``. ``temperature`` (tau) is
     a plain attribute, 0 unless a hook sets it, and ``beta`` a non-persistent buffer: neither is
-    part of the state dict.
+    part of the state dict. ``init_strategy`` False (the strategy disabled) holds tau at 0.
     """
+
+    final_temperature = 0.0
+    temperature_range = (0.0, 1.0)
 
     def __init__(self, in_channels: int, num_mixtures: int, num_cells: int, start: int,
                  cell_num_ratio: float, reduction: float = 1 / 16, norm: str = 'BN',
                  nonlocal_basis_ratio: float = 1.0, attention_function: str = 'caf',
-                 share_cells: bool = True) -> None:
+                 share_cells: bool = True,
+                 extra_heads: Optional[Tuple[int, int, int]] = None) -> None:
         super().__init__()
         hidden = max(int(in_channels * reduction), 16)
         self.attention_function = check_attention_function(attention_function)
@@ -68,6 +74,8 @@ class KWAttention(nn.Module):
                              f'{nonlocal_basis_ratio}) and cells {start}..{start + num_mixtures} '
                              f'within n={num_cells}')
         self.num_mixtures = num_mixtures
+        # what errors call it; its conv names it more precisely when it binds
+        self.layer_name = f'KW attention ({in_channels} channels, m={num_mixtures}, n={num_cells})'
         self.num_cells = num_cells
         self.start = start
         self.fc1 = nn.Linear(in_channels, hidden, bias=norm != 'BN')
@@ -89,10 +97,23 @@ class KWAttention(nn.Module):
             self.fc2 = nn.Linear(hidden, num_mixtures * 2)  # own cell and zero cell
         else:
             self.fc2 = nn.Linear(hidden, num_mixtures * (num_cells + 1))
+        self.extra_heads = extra_heads is not None
+        if self.extra_heads:
+            in_channels_, out_channels_, positions = extra_heads
+            self.channel_fc = nn.Linear(hidden, in_channels_)
+            self.filter_fc = nn.Linear(hidden, out_channels_)
+            self.spatial_fc = nn.Linear(hidden, positions)
         self.register_buffer('beta', torch.zeros(num_mixtures, num_cells + 1), persistent=False)
-        self.temperature = 0.0
-        self.init_strategy = True
         self.reset_parameters()
+
+    @property
+    def init_strategy(self) -> bool:
+        """Whether the init strategy (beta mixed in by tau) is enabled."""
+        return self.temperature_enabled
+
+    @init_strategy.setter
+    def init_strategy(self, enabled: bool) -> None:
+        self.temperature_enabled = bool(enabled)
 
     def reset_parameters(self) -> None:
         for module in self.modules():
@@ -106,11 +127,19 @@ class KWAttention(nn.Module):
         if self.use_basis:
             nn.init.zeros_(self.basis_bias)
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """GAP -> fc1 -> norm -> ReLU: ``[B, hidden]``."""
+        pooled = x.flatten(2).mean(dim=2)
+        hidden = self.fc1(pooled)
+        check_norm_batch(self.norm1, hidden, self.layer_name)
+        return self.act1(self.norm1(hidden))
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``z`` of shape ``[B, m, n + 1]`` (last column: the zero cell); ``[B, m, 2]``
         (own cell, zero cell) when ``share_cells`` is False."""
-        pooled = x.flatten(2).mean(dim=2)
-        hidden = self.act1(self.norm1(self.fc1(pooled)))
+        return self._logits(self.trunk(x))
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         z = self.fc2(hidden)
         if not self.share_cells:
             return z.view(-1, self.num_mixtures, 2)
@@ -124,7 +153,16 @@ class KWAttention(nn.Module):
             -1, self.num_mixtures, self.num_cells + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.logits(x)
+        return self._attention(self._logits(self.trunk(x)))
+
+    def forward_with_heads(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """KW*: the cell attentions ``[B, m, n]`` and the sigmoid scales of the input channels
+        ``[B, C_in]``, output channels ``[B, C_out]`` and kernel positions ``[B, kh * kw]``."""
+        hidden = self.trunk(x)
+        return (self._attention(self._logits(hidden)), torch.sigmoid(self.channel_fc(hidden)),
+                torch.sigmoid(self.filter_fc(hidden)), torch.sigmoid(self.spatial_fc(hidden)))
+
+    def _attention(self, z: torch.Tensor) -> torch.Tensor:
         if self.attention_function == 'caf':
             alpha = z / (z.abs().sum(dim=2, keepdim=True) + CAF_EPS)
         else:  # the ablations of Table 8; the zero-cell column is dropped below in all cases
@@ -162,43 +200,8 @@ class KWAttention(nn.Module):
                                       unexpected_keys, error_msgs)
 
 
-def _keep_per_sample_conv(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    # A recomputing backward keeps the outputs of the grouped per-sample convolution and of the
-    # warehouse matmul of the mixed-input path, which are about the conv's output in size and
-    # would be costly to run again. Everything else (the assembly, the layout copy, unfold,
-    # the input mixing and the matmuls of the other small-map paths) runs again in the
-    # backward pass: keeping those matmuls' outputs would keep S partial products per conv in
-    # the mixture path (100 MB for a KW ResNet-18 at batch 32) to save under 1% of the step.
-    if output_kept() and op in _PRODUCTS:
-        return CheckpointPolicy.MUST_SAVE
-    return CheckpointPolicy.PREFER_RECOMPUTE
-
-
-_PRODUCTS = (torch.ops.aten.convolution.default, torch.ops.aten.mm.default)
-
-
-def convolve_recomputing_kernels(convolve, x: torch.Tensor, attention: torch.Tensor,
-                                 path: str) -> torch.Tensor:
-    """``convolve(x, attention, path)`` without keeping the assembled kernels for backward.
-
-    The per-sample kernels hold ``B x params`` numbers per conv, more than the activations
-    of a plain network (a KW ResNet-18 at batch 32 would keep 1.4 GB of them); autograd would
-    keep them until the backward pass reaches the conv. Selective checkpointing keeps only the
-    convolution outputs and assembles the kernels of one conv again when its gradient is due:
-    one more assembly matmul per conv and step. The mixed-input path likewise mixes its input
-    again. The attention stays outside the region, so its BatchNorm statistics are updated
-    once.
-    """
-    # respect_saved_tensors_hooks=False: the kept conv outputs bypass saved-tensor hooks, as
-    # they always have (torch now asks to choose)
-    return checkpoint(convolve, x, attention, path, use_reentrant=False,
-                      respect_saved_tensors_hooks=False,
-                      context_fn=partial(create_selective_checkpoint_contexts,
-                                         _keep_per_sample_conv))
-
-
 @MODELS.register_module()
-class KWConv2d(nn.Module):
+class KWConv2d(DynamicConv2d):
     """Kernel Warehouse 2D convolution, a drop-in replacement of ``nn.Conv2d``.
 
     Build it directly or through mmcv's ``build_conv_layer`` with
@@ -212,6 +215,10 @@ class KWConv2d(nn.Module):
         warehouse_manager: the :class:`WarehouseManager` that owns the warehouse.
         warehouse_name: the warehouse shared with the other convs of its (reassigned) stage.
         budget: optional budget for this warehouse if it differs from the manager's default.
+
+    Execution paths (:func:`~mmkw.ops.per_sample_conv.choose_path`): 'assembled' (per-sample
+    kernels, then a per-sample conv), 'mixture' (kernels kept in cell order) and 'mixed_input'
+    (the attention mixes the input, no kernels); the recompute policy is the manager's.
     """
 
     def __init__(self,
@@ -227,32 +234,20 @@ class KWConv2d(nn.Module):
                  warehouse_manager: WarehouseManager,
                  warehouse_name: str,
                  budget=None) -> None:
-        super().__init__()
         if not isinstance(warehouse_manager, WarehouseManager):
             raise TypeError(f'KWConv2d needs a WarehouseManager, got {type(warehouse_manager)}')
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f'KWConv2d: in_channels={in_channels} and out_channels='
-                             f'{out_channels} must be divisible by groups={groups}')
-        if isinstance(padding, str):
-            raise ValueError('KWConv2d: string padding is not supported, give numbers')
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
-        self.groups = groups
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias)
         self.warehouse_name = warehouse_name
         # Held outside the module tree: the manager belongs to the backbone, not to each conv.
         object.__setattr__(self, 'warehouse_manager', warehouse_manager)
-        self.warehouse_index = warehouse_manager.reserve(
-            warehouse_name, (out_channels, in_channels // groups, *self.kernel_size), budget)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.warehouse_index = warehouse_manager.reserve(warehouse_name, self.weight_shape,
+                                                         budget)
         self.attention: Optional[KWAttention] = None
 
     @property
-    def weight_shape(self) -> Tuple[int, ...]:
-        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+    def recompute_kernels(self) -> Union[bool, str]:
+        return self.warehouse_manager.recompute_kernels
 
     def bind(self, spec: WarehouseSpec, start: int, manager: WarehouseManager) -> int:
         """Attach to the built warehouse: create the attention and beta; return the next
@@ -267,14 +262,20 @@ class KWConv2d(nn.Module):
         )
         num_mixtures = self.mixture_grid[0] * self.mixture_grid[1] * self.mixture_grid[2]
         b = spec.budget.cell_num_ratio
+        extra_heads = (self.in_channels, self.out_channels,
+                       self.kernel_size[0] * self.kernel_size[1]) \
+            if manager.attention_extra_heads else None
         self.attention = KWAttention(self.in_channels, num_mixtures, spec.num_cells, start, b,
                                      manager.reduction, manager.attention_norm,
                                      manager.nonlocal_basis_ratio, manager.attention_function,
-                                     manager.share_cells)
+                                     manager.share_cells, extra_heads)
         beta, end = init_beta(manager.attention_init, num_mixtures, spec.num_cells, start, b,
                               where=f'warehouse {spec.name!r}: ')
         self.attention.beta.copy_(beta)
         self.attention.init_strategy = manager.attention_init is not None
+        self.attention.layer_name = (
+            f'KW attention of a {self.in_channels}->{self.out_channels} '
+            f'{self.kernel_size[0]}x{self.kernel_size[1]} conv in warehouse {spec.name!r}')
         return end
 
     def mix_cells(self, attention: torch.Tensor) -> torch.Tensor:
@@ -295,104 +296,70 @@ class KWConv2d(nn.Module):
         weight = mixed.permute(0, 2, 4, 3, 5, 1, 6, 7)
         return weight.reshape(attention.shape[0], *self.weight_shape)
 
-    def _output_positions(self, x: torch.Tensor) -> int:
-        positions = 1
-        for i in range(2):
-            positions *= conv_output_size(x.shape[2 + i], self.kernel_size[i], self.stride[i],
-                                          self.padding[i], self.dilation[i])
-        return positions
-
-    def execution_path(self, x: torch.Tensor) -> str:
-        """'mixed_input', 'mixture' or 'assembled': see :func:`choose_path`."""
-        return choose_path(x.shape[0], self._output_positions(x), self.attention.num_cells,
-                           self.mixture_grid, self.cell_shape, self.groups, prefers_onednn(x))
-
-    def _convolve(self, x: torch.Tensor, attention: torch.Tensor, path: str) -> torch.Tensor:
-        """Eq. 3 and the per-sample convolution, by the given execution path."""
-        if path == 'mixed_input':
-            cells = self.warehouse_manager.cells(self.warehouse_index).to(x.dtype)
-            return mixed_input_conv2d(x, attention, cells, self.mixture_grid, self.kernel_size,
-                                      self.stride, self.padding, self.dilation)
-        if path == 'mixture':
-            mixed = self.mix_cells(attention).flatten(-3)  # drop the 1x1 cell kernel
-            return mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
-                                  self.dilation)
-        return per_sample_conv2d(x, self.assemble(attention), self.stride, self.padding,
-                                 self.dilation, self.groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    # ------------------------------------------------------------ the DynamicConv2d contract
+    def check_ready(self) -> None:
         if self.attention is None:
             raise RuntimeError(
                 f'KWConv2d in warehouse {self.warehouse_name!r} is not bound to its warehouse: '
                 'the module owning the WarehouseManager must call manager.build(owner) after '
                 'constructing its convs, and the conv must be used inside that owner')
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'KWConv2d expects input [B, {self.in_channels}, H, W], got '
-                             f'{list(x.shape)}')
-        attention = self.attention(x).to(x.dtype)
-        batch = x.shape[0]
-        path = self.execution_path(x)
-        # Numbers per sample that the conv would keep for its backward pass: the assembled
-        # kernels, or on the mixed-input path the mixed input z. A large batch runs a chunk of
-        # samples at a time, so the peak memory holds one chunk's kernels (not B x params
-        # numbers per conv), or one chunk's z with its copies and gradient (about 4 of them).
-        release = in_release_formulation()  # the whole batch at once, kernels kept
-        if release:
-            held, chunks = 0, [(0, batch)]
-        elif path == 'mixed_input':
-            groups_out = self.mixture_grid[1]
-            held = self.attention.num_cells * self.cell_shape[1] * groups_out * \
-                self._output_positions(x)
-            chunks = batch_chunks(batch, 4 * held)
-        else:
-            held = self.out_channels * self.in_channels // self.groups * \
-                self.kernel_size[0] * self.kernel_size[1]
-            chunks = batch_chunks(batch, held)
-        # In training they are computed again in the backward pass rather than kept.
-        policy = self.warehouse_manager.recompute_kernels
-        recompute = torch.is_grad_enabled() and not release and (
-            policy is True or
-            (policy == 'auto' and batch * held > per_sample_conv.RECOMPUTE_MIN_NUMEL))
-        outs = []
-        for start, end in chunks:
-            chunk = (x[start:end], attention[start:end], path)
-            outs.append(convolve_recomputing_kernels(self._convolve, *chunk)
-                        if recompute else self._convolve(*chunk))
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        if self.bias is not None:
-            out = out + self.bias.view(1, -1, 1, 1).to(out.dtype)
-        return out
+
+    def attend(self, x: torch.Tensor) -> Attention:
+        if self.attention.extra_heads:
+            return self.attention.forward_with_heads(x)
+        return (self.attention(x), )
+
+    def effective_kernels(self, attention: Attention) -> torch.Tensor:
+        if not self.attention.extra_heads:
+            return self.assemble(attention[0])
+        alpha, in_scale, out_scale, position_scale = attention
+        return channel_scales_to_kernel(self._scaled_kernels(alpha, position_scale), in_scale,
+                                        out_scale, self.groups)
+
+    def _scaled_kernels(self, alpha: torch.Tensor, position_scale: torch.Tensor) -> torch.Tensor:
+        kernels = self.assemble(alpha)
+        return kernels * position_scale.view(kernels.shape[0], 1, 1, *self.kernel_size)
+
+    def execution_path(self, x: torch.Tensor) -> str:
+        """'mixed_input', 'mixture' or 'assembled': see :func:`choose_path` (KW*: always
+        'assembled', its kernel-position scales need the assembled kernels)."""
+        if self.attention.extra_heads:
+            return 'assembled'
+        return choose_path(x.shape[0], self.output_positions(x), self.attention.num_cells,
+                           self.mixture_grid, self.cell_shape, self.groups, prefers_onednn(x))
+
+    def empty_batch_parameters(self):
+        """The conv's parameters and its warehouse, which the manager holds."""
+        yield from self.parameters()
+        yield self.warehouse_manager.cells(self.warehouse_index)
+
+    def held_numel(self, x: torch.Tensor, path: str) -> int:
+        if path == 'mixed_input':
+            # the mixed input z, with its copies and gradient (about 4 of them)
+            return 4 * self.attention.num_cells * self.cell_shape[1] * self.mixture_grid[1] * \
+                self.output_positions(x)
+        return super().held_numel(x, path)
+
+    def convolve(self, x: torch.Tensor, attention: Attention, path: str) -> torch.Tensor:
+        """Eq. 3 and the per-sample convolution, by the given execution path."""
+        if self.attention.extra_heads:
+            # KW*: channel scales act on the activations (exact), position scales on kernels
+            alpha, in_scale, out_scale, position_scale = attention
+            out = per_sample_conv2d(x * in_scale[:, :, None, None],
+                                    self._scaled_kernels(alpha, position_scale), self.stride,
+                                    self.padding, self.dilation, self.groups)
+            return out * out_scale[:, :, None, None]
+        alpha, = attention
+        if path == 'mixed_input':
+            cells = self.warehouse_manager.cells(self.warehouse_index).to(x.dtype)
+            return mixed_input_conv2d(x, alpha, cells, self.mixture_grid, self.kernel_size,
+                                      self.stride, self.padding, self.dilation)
+        if path == 'mixture':
+            mixed = self.mix_cells(alpha).flatten(-3)  # drop the 1x1 cell kernel
+            return mixture_conv2d(x, mixed, self.kernel_size, self.stride, self.padding,
+                                  self.dilation)
+        return per_sample_conv2d(x, self.assemble(alpha), self.stride, self.padding,
+                                 self.dilation, self.groups)
 
     def extra_repr(self) -> str:
-        s = (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
-             f'stride={self.stride}, padding={self.padding}')
-        if self.groups != 1:
-            s += f', groups={self.groups}'
-        if self.dilation != (1, 1):
-            s += f', dilation={self.dilation}'
-        if self.bias is None:
-            s += ', bias=False'
-        return s + f', warehouse={self.warehouse_name!r}'
-
-
-def set_temperature(model: nn.Module, temperature: float) -> int:
-    """Set tau of every KW attention in ``model`` whose init strategy is enabled.
-
-    Returns how many attentions took the value (0 when the strategy is disabled everywhere).
-    """
-    if not 0 <= temperature <= 1:
-        raise ValueError(f'temperature must be in [0, 1], got {temperature}')
-    count = 0
-    for module in model.modules():
-        if isinstance(module, KWAttention) and module.init_strategy:
-            module.temperature = float(temperature)
-            count += 1
-    return count
-
-
-def get_temperature(model: nn.Module) -> Optional[float]:
-    """tau of the first KW attention of ``model`` (None if it has none)."""
-    for module in model.modules():
-        if isinstance(module, KWAttention):
-            return module.temperature
-    return None
+        return super().extra_repr() + f', warehouse={self.warehouse_name!r}'

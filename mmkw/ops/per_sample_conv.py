@@ -15,6 +15,7 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 """
 import os
 import threading
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, List, Optional, Tuple
 
@@ -52,7 +53,10 @@ def cpu_kernels() -> str:
 
 
 def prefers_onednn(x: torch.Tensor) -> bool:
-    return x.device.type == 'cpu' and cpu_kernels() == 'onednn'
+    # An exported graph runs on its runtime's GEMM, not on torch's oneDNN: the BLAS choices
+    # then, which also keeps the graph the same on every machine that exports it.
+    return x.device.type == 'cpu' and cpu_kernels() == 'onednn' and \
+        not in_export_formulation()
 
 
 # oneDNN's 1x1 convolution beats MKL's matmul from this many rows of ``a`` on (measured on the
@@ -63,8 +67,8 @@ ONEDNN_MATMUL_MIN_ROWS = 32
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
     where oneDNN is the faster library (see ``CPU_KERNELS``)."""
-    if a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and prefers_onednn(a) and \
-            not in_release_formulation():
+    if not in_export_formulation() and a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and \
+            prefers_onednn(a) and not in_release_formulation():
         rows, inner = a.shape
         return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
     return torch.mm(a, b)
@@ -110,6 +114,45 @@ def in_release_formulation() -> bool:
     return getattr(_flags, 'release', False)
 
 
+def export_formulation():
+    """Runs every dynamic conv in the formulation that exports with a dynamic batch axis
+    (ONNX, ``torch.jit.trace``, ``torch.export``): no shape in the graph depends on the batch
+    size, and no Python arithmetic on it is baked into the graph.
+
+    The per-sample convolution is always ``unfold`` and a batched matmul (never the grouped
+    convolution over the batch, whose group count and kernel shape are ``B x`` those of the
+    conv), matmuls are matmuls (not oneDNN 1x1 convolutions, whose kernel shape would be the
+    batch's), the whole batch runs as one chunk and no kernel is recomputed in backward. Every
+    path stays exact (``tests/test_tools/test_deployment.py`` compares it with the normal
+    forward, for every method).
+
+    It is on inside this context, and also whenever torch traces or exports the model
+    (:func:`in_export_formulation`), so ``torch.onnx.export``, ``torch.jit.trace`` and
+    ``torch.export.export`` select it by themselves; the context is for tests and for tracing
+    code that torch does not flag.
+    """
+    return _flag('export')
+
+
+def in_export_formulation() -> bool:
+    """Whether dynamic convs run in :func:`export_formulation`: inside that context, or while
+    ``torch.jit.trace`` / the TorchScript ONNX exporter traces (``torch.jit.is_tracing``) or
+    ``torch.export`` / the dynamo ONNX exporter traces (``torch.compiler.is_exporting``).
+    ``torch.compile`` keeps the normal paths."""
+    return getattr(_flags, 'export', False) or torch.jit.is_tracing() or \
+        torch.compiler.is_exporting()
+
+
+def static_int(size) -> int:
+    """A tensor size as a Python int, also while ``torch.jit.trace`` records sizes as graph
+    values; only for sizes that cannot depend on the input (a kernel's)."""
+    if isinstance(size, torch.Tensor):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', torch.jit.TracerWarning)
+            return int(size)
+    return int(size)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
@@ -128,14 +171,19 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, 
     """
     batch, channels, height, width = x.shape
     out_channels, kh, kw = weight.shape[1], weight.shape[3], weight.shape[4]
+    export = in_export_formulation()
+    if export:
+        # a tracer records tensor sizes as graph values; unfold's kernel size must be constant
+        # (it is: the conv's)
+        kh, kw = static_int(kh), static_int(kw)
     out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
     out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
-    release = in_release_formulation()
+    release = in_release_formulation() and not export
     if kh == kw == 1 and padding == (0, 0) and not release:
         if stride != (1, 1):
             x = x[:, :, ::stride[0], ::stride[1]]
         cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
-    elif not release and \
+    elif export or not release and \
             out_h * out_w <= UNFOLD_MAX_POSITIONS['onednn' if prefers_onednn(x) else 'blas']:
         cols = F.unfold(x, (kh, kw), dilation, padding, stride)
         cols = cols.view(batch * groups, channels // groups * kh * kw, out_h * out_w)

@@ -84,6 +84,9 @@ class WarehouseManager(nn.Module):
             :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False, or 'auto'
             (default): recompute the convs whose kernels (or mixed input) for the batch exceed
             ``RECOMPUTE_MIN_NUMEL`` (16 MiB in fp32); smaller ones cost little to keep.
+        attention_extra_heads: KW* (Table 17, a reconstruction): every attention also gets
+            ODConv-style heads (sigmoid, with bias) over the input channels, output channels and
+            kernel positions of its conv.
     """
 
     def __init__(self,
@@ -96,7 +99,8 @@ class WarehouseManager(nn.Module):
                  attention_function: str = 'caf',
                  kernel_partition: bool = True,
                  share_cells: bool = True,
-                 recompute_kernels: Union[bool, str] = 'auto') -> None:
+                 recompute_kernels: Union[bool, str] = 'auto',
+                 attention_extra_heads: bool = False) -> None:
         super().__init__()
         if attention_norm not in ('BN', 'LN'):
             raise ValueError(f"attention_norm must be 'BN' or 'LN', got {attention_norm!r}")
@@ -120,6 +124,7 @@ class WarehouseManager(nn.Module):
             raise ValueError("recompute_kernels must be True, False or 'auto', got "
                              f'{recompute_kernels!r}')
         self.recompute_kernels = recompute_kernels
+        self.attention_extra_heads = bool(attention_extra_heads)
         if not 0 < reduction <= 1:
             raise ValueError(f'reduction must be in (0, 1], got {reduction}')
         if not 0 < nonlocal_basis_ratio <= 1:
@@ -207,7 +212,8 @@ class WarehouseManager(nn.Module):
                                  'be a whole number')
 
     def build(self, model: nn.Module) -> None:
-        """Create the warehouses and bind every KW conv of ``model`` reserved here.
+        """Create the warehouses and bind every KW layer of ``model`` reserved here (KW convs
+        and ``KWLinear`` layers, in ``model.named_modules()`` order).
 
         Must be called once, after all convs are constructed, with the module that contains
         them (usually the backbone itself).
@@ -219,12 +225,11 @@ class WarehouseManager(nn.Module):
         for spec in self.specs.values():
             self._plan(spec)
             self.weights.append(nn.Parameter(torch.empty(spec.num_cells, *spec.cell_shape)))
-        from .kw_conv import KWConv2d  # the conv module imports this one
         starts = [0] * len(self.specs)
         bound = [0] * len(self.specs)
         specs = list(self.specs.values())
         for name, module in model.named_modules():
-            if not isinstance(module, KWConv2d) or module.warehouse_manager is not self:
+            if not self._is_own_layer(module):
                 continue
             index = module.warehouse_index
             spec = specs[index]
@@ -251,6 +256,14 @@ class WarehouseManager(nn.Module):
             self._init_owned_cells(index, starts[index], spec.num_cells)
         self.built = True
 
+    def _is_own_layer(self, module: nn.Module) -> bool:
+        """Whether ``module`` is a KW layer that reserved cells here: a ``KWConv2d``, a
+        ``KWLinear`` or any layer with their binding interface (``warehouse_manager``,
+        ``warehouse_index``, ``bind(spec, start, manager) -> end``)."""
+        return getattr(module, 'warehouse_manager', None) is self and \
+            isinstance(getattr(module, 'warehouse_index', None), int) and \
+            callable(getattr(module, 'bind', None))
+
     def _init_owned_cells(self, index: int, start: int, end: int) -> None:
         # Each conv initialises the cells it owns like a kernel of its own (fan_out); with
         # the init strategy disabled ownership still follows the one-to-one walk.
@@ -264,6 +277,18 @@ class WarehouseManager(nn.Module):
     # ---------------------------------------------------------------- use
     def cells(self, index: int) -> torch.Tensor:
         return self.weights[index]
+
+    def freeze_warehouses_of(self, modules) -> None:
+        """Stop the gradient of every warehouse that a KW conv inside ``modules`` draws from.
+
+        Frozen stages must compute a fixed function, so a warehouse shared with a later,
+        trainable stage is frozen too; the trainable convs keep learning their attentions over
+        its cells.
+        """
+        for module in modules:
+            for conv in module.modules():
+                if self._is_own_layer(conv):
+                    self.weights[conv.warehouse_index].requires_grad = False
 
     def summary(self) -> List[dict]:
         """One row per warehouse: name, n, mt, cell shape, budget, convs sharing it."""

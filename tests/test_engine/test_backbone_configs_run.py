@@ -1,6 +1,7 @@
-"""The paper's configs of the MobileNetV2 and ConvNeXt families run a few iterations through
-the real Runners (mmpretrain pretraining on digits, mmdet Mask R-CNN on shapes), with the
-recipes' hooks, optimizers and schedulers as written; only data, batch and length shrink."""
+"""The paper's configs of the MobileNetV2 and ConvNeXt families, and of the peers DY-Conv and
+ODConv, run a few iterations through the real Runners (mmpretrain pretraining on digits, mmdet
+Mask R-CNN on shapes), with the recipes' hooks, optimizers and schedulers as written; only data,
+batch and length shrink."""
 from pathlib import Path
 
 import pytest
@@ -9,14 +10,18 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401
-from mmkw.ops import KWAttention
+from mmkw.ops import DynamicAttention, KWAttention
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = ['configs/kw_mobilenet_v2/kw0.5x-mobilenet-v2_8xb32-150e_in1k.py',
             'configs/kw_mobilenet_v2/kw4x-mobilenet-v2-050_8xb32-150e_in1k.py',
-            'configs/kw_convnext/kw0.75x-convnext-tiny_8xb512-adv-300e_in1k.py']
+            'configs/kw_convnext/kw0.75x-convnext-tiny_8xb512-adv-300e_in1k.py',
+            'configs/odconv/odconv4x-resnet18_8xb32_in1k.py',
+            'configs/dyconv/dyconv4x-mobilenet-v2-050_8xb32-150e_in1k.py']
 FINETUNE = ['configs/mask_rcnn/mask-rcnn_kw1x-mobilenet-v2_fpn_1x_coco.py',
-            'configs/mask_rcnn/mask-rcnn_kw1x-convnext-t_fpn_1x_coco.py']
+            'configs/mask_rcnn/mask-rcnn_kw1x-convnext-t_fpn_1x_coco.py',
+            'configs/mask_rcnn/mask-rcnn_odconv4x-mobilenet-v2_fpn_1x_coco.py',
+            'configs/mask_rcnn/mask-rcnn_dyconv4x-mobilenet-v2_fpn_1x_coco.py']
 
 
 def shrink_loops(cfg, work_dir):
@@ -32,9 +37,13 @@ def shrink_loops(cfg, work_dir):
         if hook['type'] == 'KWTemperatureHook':
             hook.pop('tau_epochs', None)
             hook['tau_iters'] = 4
+        elif hook['type'] == 'TemperatureHook':
+            hook.pop('epochs', None)
+            hook['iters'] = 4
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', PRETRAIN, ids=lambda c: Path(c).stem)
 def test_pretraining_config_runs(config, digits_root, tmp_path):
     cfg = Config.fromfile(str(REPO / config))
@@ -52,10 +61,16 @@ def test_pretraining_config_runs(config, digits_root, tmp_path):
     runner = Runner.from_cfg(shrink_loops(cfg, tmp_path))
     runner.train()
     assert runner.iter == 2
-    assert 'train/tau' in runner.message_hub.log_scalars
-    assert any(isinstance(m, KWAttention) for m in runner.model.modules())
+    attentions = [m for m in runner.model.modules() if isinstance(m, DynamicAttention)]
+    assert attentions
+    # the warm-up moved the temperature away from its final value (KW: tau 1 -> 0 over 4
+    # iterations, ODConv/DY-Conv: T 30 -> 1)
+    scalar = 'train/tau' if isinstance(attentions[0], KWAttention) else 'train/temperature'
+    assert scalar in runner.message_hub.log_scalars
+    assert attentions[0].temperature != attentions[0].final_temperature
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('config', FINETUNE, ids=lambda c: Path(c).stem)
 def test_finetune_config_runs(config, shapes_root, tmp_path):
     cfg = Config.fromfile(str(REPO / config))
@@ -76,6 +91,8 @@ def test_finetune_config_runs(config, shapes_root, tmp_path):
     runner = Runner.from_cfg(shrink_loops(cfg, tmp_path))
     runner.train()
     assert runner.iter == 2
-    attentions = [m for m in runner.model.modules() if isinstance(m, KWAttention)]
-    assert attentions and all(m.temperature == 0 and not m.init_strategy for m in attentions)
+    attentions = [m for m in runner.model.modules() if isinstance(m, DynamicAttention)]
+    # fine-tuning at the final temperature: KW's tau 0 with the init strategy off, T = 1
+    assert attentions and all(m.temperature == m.final_temperature for m in attentions)
+    assert all(not m.init_strategy for m in attentions if isinstance(m, KWAttention))
     assert torch.isfinite(torch.tensor(runner.message_hub.get_scalar('train/loss').current()))

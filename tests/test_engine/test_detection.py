@@ -15,6 +15,7 @@ from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
 import mmkw  # noqa: F401
+from mmkw.analysis.models import build_model_from_config
 from mmkw.engine import KWTemperatureHook
 from mmkw.models import KWResNet, KWResNet_CIFAR
 from mmkw.ops import KWAttention, get_temperature
@@ -59,6 +60,7 @@ class TauProbe(Hook):
         self.taus.append(get_temperature(runner.model))
 
 
+@pytest.mark.slow
 def test_finetune_mask_rcnn_with_pretrained_kw_backbone(shapes_root, tmp_path):
     checkpoint = tmp_path / 'digits.pth'
     pretraining_checkpoint(checkpoint)
@@ -79,10 +81,7 @@ def test_pretrained_backbone_loads_every_key(shapes_root, tmp_path):
     checkpoint = tmp_path / 'digits.pth'
     state = pretraining_checkpoint(checkpoint)
     cfg = detection_cfg(shapes_root, tmp_path / 'work', checkpoint)
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdet')
-    detector = MODELS.build(cfg.model)
+    detector = build_model_from_config(cfg)
     detector.init_weights()
     loaded = detector.backbone.state_dict()
     backbone_keys = {k[len('backbone.'):] for k in state if k.startswith('backbone.')}
@@ -95,10 +94,7 @@ def test_mismatched_budget_checkpoint_is_refused(shapes_root, tmp_path):
     checkpoint = tmp_path / 'digits_2x.pth'
     pretraining_checkpoint(checkpoint, budget='2x')
     cfg = detection_cfg(shapes_root, tmp_path / 'work', checkpoint)
-    from mmdet.registry import MODELS
-    from mmengine.registry import init_default_scope
-    init_default_scope('mmdet')
-    detector = MODELS.build(cfg.model)
+    detector = build_model_from_config(cfg)
     with pytest.raises(ValueError, match=r"warehouse 'warehouse_manager.weights.0' "
                        r"\('stage0'.*another budget or depth"):
         detector.init_weights()
@@ -132,6 +128,7 @@ def test_hook_warns_when_enabled_for_a_pretrained_backbone():
     assert any('does nothing' in r.getMessage() for r in records)
 
 
+@pytest.mark.slow
 def test_dist_train_and_test_detection_on_cpu(shapes_root, tmp_path):
     checkpoint = tmp_path / 'digits.pth'
     pretraining_checkpoint(checkpoint)

@@ -78,6 +78,7 @@ def run(cfg, hooks):
     return runner
 
 
+@pytest.mark.slow
 def test_train_interrupt_resume_continues_tau_lr_and_epoch(digits_root, tmp_path):
     reference = Recorder()
     run(demo_cfg(digits_root, tmp_path / 'reference'), [reference])
@@ -118,6 +119,7 @@ def test_hook_rejects_bad_arguments():
         KWTemperatureHook(tau_epochs=0)
 
 
+@pytest.mark.slow
 def test_dist_train_two_cpu_processes(digits_root, tmp_path):
     work_dir = tmp_path / 'dist'
     options = [

@@ -174,14 +174,17 @@ def test_builds_from_both_registries(scope):
 
 
 def test_image_classifier_with_kw_head():
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
     from mmpretrain.structures import DataSample
-    model = MODELS.build(dict(
-        type='ImageClassifier',
-        backbone=dict(type='KWMobileNetV2', budget='1/2x', widen_factor=0.5),
-        neck=dict(type='GlobalAveragePooling'),
-        head=dict(type='KWLinearClsHead', num_classes=10, in_channels=1280,
-                  loss=dict(type='CrossEntropyLoss'))))
+    # other tests may leave mmdet as the default scope
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='KWMobileNetV2', budget='1/2x', widen_factor=0.5),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='KWLinearClsHead', num_classes=10, in_channels=1280,
+                      loss=dict(type='CrossEntropyLoss'))))
     model.train()
     # one tau for the whole model, head included (what KWTemperatureHook does)
     assert set_temperature(model, 0.3) == set_temperature(model.backbone, 0.3) + 1

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mmkw  # noqa: F401  (registers the modules)
+from mmkw.analysis.models import build_model_from_config
 from mmkw.converters import (ConversionError, convert_official, convert_state_dict,
                              expected_shapes, load_official_checkpoint, save_checkpoint)
 from mmkw.converters.official import (CLASSIFICATION_CONFIGS, DETECTION_CONFIGS, Target,
@@ -40,15 +41,7 @@ def load_config(config: str):
 
 def build_config_model(config: str) -> nn.Module:
     """A fresh model of an mmkw config (as tools/train.py and tools/test.py build it)."""
-    from mmengine.registry import init_default_scope
-    cfg = load_config(config)
-    scope = cfg.get('default_scope', 'mmengine')
-    init_default_scope(scope)
-    if scope == 'mmdet':
-        from mmdet.registry import MODELS
-    else:
-        from mmpretrain.registry import MODELS
-    return MODELS.build(cfg.model)
+    return build_model_from_config(load_config(config))
 
 
 def official_checkpoint(arch, budget, detection=False, seed=0):
@@ -198,8 +191,7 @@ def test_converted_classifier_initialises_the_mask_rcnn_backbone(tmp_path):
     path = save_checkpoint(convert_official({'model': official}), tmp_path / 'kw1x-r50.pth')
     cfg = copy.deepcopy(load_config(DETECTION_CONFIGS['resnet50', '1x']))
     cfg.model.backbone.init_cfg.checkpoint = str(path)
-    from mmdet.registry import MODELS
-    model = MODELS.build(cfg.model)
+    model = build_model_from_config(cfg)
     model.backbone.init_weights()
     backbone = model.backbone.state_dict()
     assert torch.equal(backbone['warehouse_manager.weights.2'],

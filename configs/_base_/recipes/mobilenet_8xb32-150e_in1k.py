@@ -22,4 +22,6 @@ train_cfg = dict(by_epoch=True, max_epochs=150, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 auto_scale_lr = dict(base_batch_size=256)
-custom_hooks = [dict(type='KWTemperatureHook', tau_epochs=10)]
+# Warm-up length of KW's tau under this recipe; a KW leaf config adds the hook:
+# custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]
+kw_tau_epochs = 10

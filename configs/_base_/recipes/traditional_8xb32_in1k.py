@@ -6,4 +6,6 @@ _base_ = [
     'mmpretrain::_base_/schedules/imagenet_bs256.py',
     'mmpretrain::_base_/default_runtime.py',
 ]
-custom_hooks = [dict(type='KWTemperatureHook', tau_epochs=10)]
+# Warm-up length of KW's tau under this recipe; a KW leaf config adds the hook:
+# custom_hooks = [dict(type='KWTemperatureHook', tau_epochs={{_base_.kw_tau_epochs}})]
+kw_tau_epochs = 10

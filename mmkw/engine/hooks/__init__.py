@@ -1,3 +1,3 @@
-from .temperature_hook import KWTemperatureHook
+from .temperature_hook import KWTemperatureHook, TemperatureHook
 
-__all__ = ['KWTemperatureHook']
+__all__ = ['KWTemperatureHook', 'TemperatureHook']

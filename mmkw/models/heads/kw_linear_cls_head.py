@@ -17,7 +17,7 @@ from mmengine.registry import MODELS
 from mmpretrain.models.heads import ClsHead
 
 from mmkw.ops import KWConv2d, WarehouseManager
-from ..backbones.utils import reset_kw_attentions
+from ..backbones.utils import reset_dynamic_attentions
 
 
 @MODELS.register_module()
@@ -79,7 +79,7 @@ class KWLinearClsHead(ClsHead):
     def init_weights(self) -> None:
         super().init_weights()
         if not (isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained'):
-            reset_kw_attentions(self)  # an init_cfg on 'Linear' must not reach the attention
+            reset_dynamic_attentions(self)  # an init_cfg on 'Linear' must not reach the attention
 
     def pre_logits(self, feats: Tuple[torch.Tensor]) -> torch.Tensor:
         """The last feature, ``[B, in_channels]`` (pooled by the neck)."""

@@ -1,4 +1,6 @@
-"""ConvNeXt with Kernel Warehouse convolutions (paper §4.1 Table 2, A.3, Table 14).
+"""ConvNeXt for the dynamic conv methods that apply to it (KW and KW*), with mmpretrain's
+interface: :class:`DynamicConvNeXt` takes the method as ``conv_cfg``, :class:`KWConvNeXt` takes
+KW's options as arguments (paper §4.1 Table 2, A.3, Table 14).
 
 Every conv is a KW conv in the release: the 4x4 stem conv and the three 2x2 downsampling convs
 (one warehouse each, reserved first: 16, 4, 4, 4 cells for ConvNeXt-Tiny at 1x), and in each
@@ -39,8 +41,8 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 from mmengine.registry import MODELS
 
-from mmkw.ops import Budget, WarehouseManager
-from .utils import freeze_stages, kw_conv_cfg, reset_kw_attentions
+from ..conv_methods import ConvMethodLike
+from .utils import DynamicBackbone
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -120,32 +122,18 @@ class KWConvNeXtBlock(BaseModule):
 
 
 @MODELS.register_module()
-class KWConvNeXt(BaseModule):
-    """ConvNeXt backbone with Kernel Warehouse convolutions.
+class DynamicConvNeXt(DynamicBackbone):
+    """ConvNeXt backbone whose convs follow a dynamic conv method.
 
-    Same interface as mmpretrain's ``ConvNeXt`` (v1), plus the KW options.
+    Same interface as mmpretrain's ``ConvNeXt`` (v1), plus ``conv_cfg``.
 
     Args:
         arch: 'tiny', 'small', 'base', 'large', 'xlarge', or a dict with ``depths`` and
             ``channels``.
-        budget: convolutional parameter budget b (paper §3.3): '1x' (the release), '3/4x' (the
-            paper's mixed design, see the module docstring), '1/2x', '2x', '4x', any
-            '<ratio>x', a number, or a dict of the three cell ratios. None builds mmpretrain's
-            plain ConvNeXt (same structure and parameter names).
-        layout: 'release' or 'paper' (see the module docstring): the defaults of
-            ``warehouse_groups`` and ``reduction``.
-        warehouse_groups: per stage, how many consecutive groups of blocks get their own
-            depthwise and pointwise warehouses; each must divide the stage's depth. None: one
-            per stage ('release'), three in the third stage ('paper', Table 14).
-        reduction: attention hidden width ratio; None: 1/16 ('release') or 1/32 ('paper').
-        attention_init: 'one_to_one' (paper A.2; tau schedules apply) or None to disable the
-            init strategy, holding tau at 0 (fine-tuning, A.1.2); the
-            ablations of Table 13: 'all_to_one', 'n_to_one' (b > 1), 'one_to_n' (b < 1).
-        attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
-        recompute_kernels: assemble large per-sample kernels again in the backward pass
-            instead of keeping them (True, False or 'auto'; see
-            :class:`~mmkw.ops.WarehouseManager`): far less training memory for one more
-            assembly per conv.
+        conv_cfg: the conv method: ``dict(type='KW', budget='1x', layout='release')`` (see
+            :class:`~mmkw.models.conv_methods.KW` for the layouts, ``warehouse_groups`` and
+            '3/4x') or ``dict(type='KWStar', ...)``; None builds mmpretrain's plain ConvNeXt
+            (same structure and parameter names; pointwise convs as channels-last linears).
         in_channels: input image channels.
         stem_patch_size: kernel and stride of the stem conv.
         drop_path_rate: stochastic depth, rising linearly over the blocks to this value.
@@ -175,13 +163,7 @@ class KWConvNeXt(BaseModule):
 
     def __init__(self,
                  arch: Union[str, dict] = 'tiny',
-                 budget='1x',
-                 layout: str = 'release',
-                 warehouse_groups: Optional[Sequence[int]] = None,
-                 reduction: Optional[float] = None,
-                 attention_init: Optional[str] = 'one_to_one',
-                 attention_function: str = 'caf',
-                 recompute_kernels: Union[bool, str] = 'auto',
+                 conv_cfg: ConvMethodLike = None,
                  in_channels: int = 3,
                  stem_patch_size: int = 4,
                  drop_path_rate: float = 0.0,
@@ -196,7 +178,7 @@ class KWConvNeXt(BaseModule):
         super().__init__(init_cfg=list(init_cfg) if isinstance(init_cfg, tuple) else init_cfg)
         if isinstance(arch, str):
             if arch not in self.arch_settings:
-                raise KeyError(f'invalid arch {arch!r} for KWConvNeXt, choose from '
+                raise KeyError(f'invalid arch {arch!r} for {type(self).__name__}, choose from '
                                f'{sorted(self.arch_settings)} or give a dict')
             arch = self.arch_settings[arch]
         elif not (isinstance(arch, dict) and {'depths', 'channels'} <= set(arch)):
@@ -211,59 +193,47 @@ class KWConvNeXt(BaseModule):
         out_indices = [i + self.num_stages if i < 0 else i for i in out_indices]
         if not out_indices or min(out_indices) < 0 or max(out_indices) >= self.num_stages:
             raise ValueError(f'out_indices {out_indices} must lie in [0, {self.num_stages})')
-        if layout not in ('release', 'paper'):
-            raise ValueError(f"layout must be 'release' or 'paper', got {layout!r}")
-        if warehouse_groups is None:
-            warehouse_groups = [1] * self.num_stages
-            if layout == 'paper' and self.num_stages > 2:
-                warehouse_groups[2] = 3  # Table 14: the 9 blocks of stage 3 in three groups
-        if reduction is None:
-            reduction = 1 / 16 if layout == 'release' else 1 / 32
-        if len(warehouse_groups) != self.num_stages or any(
-                g < 1 or depth % g for g, depth in zip(warehouse_groups, self.depths)):
-            raise ValueError(f'warehouse_groups {tuple(warehouse_groups)} needs one positive '
-                             f'divisor of each stage depth {self.depths}')
         if not 0 <= frozen_stages <= self.num_stages:
             raise ValueError(f'frozen_stages must be in [0, {self.num_stages}], '
                              f'got {frozen_stages}')
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages
         self.gap_before_final_norm = gap_before_final_norm
-        self.layout = layout
-        self.warehouse_groups = tuple(warehouse_groups)
-
-        # '3/4x' is a mix, not a ratio: 1x everywhere, 1/2x on the last two pointwise groups
-        half_last_pw = budget is not None and Budget.parse(budget) == Budget.parse('3/4x')
-        self.warehouse_manager = None if budget is None else WarehouseManager(
-            budget='1x' if half_last_pw else budget, reduction=reduction,
-            attention_norm='LN', attention_init=attention_init,
-            attention_function=attention_function,
-            recompute_kernels=recompute_kernels)
-        groups = [(i, g) for i, n in enumerate(self.warehouse_groups) for g in range(n)]
-        half_pw_groups = set(groups[-2:]) if half_last_pw else set()
+        method = self.setup_method(conv_cfg, 'convnext', depths=self.depths)
+        self.layout = getattr(method, 'layout', None)
+        self.warehouse_groups = getattr(method, 'warehouse_groups', None)
 
         # The release reserves the stem and the three downsampling convs before the blocks, so
         # their warehouses come first; the module order is mmpretrain's either way.
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
-            build_conv_layer(self._conv_cfg('stem'), in_channels, self.channels[0],
-                             stem_patch_size, stride=stem_patch_size, bias=True),
+            build_conv_layer(
+                self.site_cfg('stem', 'downsample_layers.0.0', -1,
+                              (self.channels[0], in_channels, stem_patch_size),
+                              stride=stem_patch_size),
+                in_channels, self.channels[0], stem_patch_size, stride=stem_patch_size,
+                bias=True),
             LayerNorm2d(self.channels[0], eps=1e-6)))
         for i in range(1, self.num_stages):
             self.downsample_layers.append(nn.Sequential(
                 LayerNorm2d(self.channels[i - 1], eps=1e-6),
-                build_conv_layer(self._conv_cfg(f'downsample{i}'), self.channels[i - 1],
-                                 self.channels[i], 2, stride=2, bias=True)))
+                build_conv_layer(
+                    self.site_cfg('downsample', f'downsample_layers.{i}.1', i,
+                                  (self.channels[i], self.channels[i - 1], 2), stride=2),
+                    self.channels[i - 1], self.channels[i], 2, stride=2, bias=True)))
 
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         self.stages = nn.ModuleList()
         for i, (depth, channels) in enumerate(zip(self.depths, self.channels)):
             blocks = []
             for j in range(depth):
-                group = j * self.warehouse_groups[i] // depth
-                name = f'stage{i}' if self.warehouse_groups[i] == 1 else f'stage{i}.{group}'
-                pw_budget = '1/2x' if (i, group) in half_pw_groups else None
-                conv_cfgs = (self._conv_cfg(f'{name}_dw'), self._conv_cfg(f'{name}_pw', pw_budget))
+                block = f'stages.{i}.{j}'
+                conv_cfgs = (
+                    self.site_cfg('depthwise', f'{block}.depthwise_conv', i,
+                                  (channels, channels, 7), groups=channels, block=j,
+                                  num_blocks=depth),
+                    self.site_cfg('pointwise', f'{block}.pointwise_conv', i,
+                                  (channels, channels, 1), block=j, num_blocks=depth))
                 blocks.append(KWConvNeXtBlock(channels, conv_cfgs, drop_path_rate=dpr[j],
                                               layer_scale_init_value=layer_scale_init_value,
                                               with_cp=with_cp))
@@ -272,25 +242,33 @@ class KWConvNeXt(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(self.channels[i], eps=1e-6))
         self.feat_dim = self.channels[-1]
-        if self.warehouse_manager is not None:
-            self.warehouse_manager.build(self)
-        self._freeze_stages()
+        self.finish_method()
 
-    def _conv_cfg(self, warehouse: str, budget=None) -> Optional[dict]:
-        return kw_conv_cfg(self.warehouse_manager, warehouse, budget)
-
-    def init_weights(self) -> None:
-        super().init_weights()
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            return
-        reset_kw_attentions(self)
-
-    def _frozen_modules(self) -> List[nn.Module]:
+    def frozen_modules(self) -> List[nn.Module]:
         return [m for i in range(self.frozen_stages)
                 for m in (self.downsample_layers[i], self.stages[i])]
 
-    def _freeze_stages(self) -> None:
-        freeze_stages(self._frozen_modules(), self.warehouse_manager)
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> Tuple[int, int]:
+        """Layer id for layer-wise lr decay, as mmpretrain's ``ConvNeXt.get_layer_depth`` (the
+        rule of :func:`~mmkw.engine.optimizers.layer_decay.convnext_layer_id`: stem 0, the
+        stage-3 blocks in groups of three). Shared KW warehouses take the id of their first
+        conv, so no conv learns faster than the cells it draws from (the release's detection
+        constructor, which knows names only, puts them at the top instead).
+
+        Args:
+            param_name: parameter name, with ``prefix`` (e.g. ``'backbone.'``).
+            prefix: the prefix of the backbone's parameters.
+        """
+        from mmkw.engine.optimizers.layer_decay import convnext_layer_id
+        max_layer_id = 12 if self.depths[-2] > 9 else 6
+        if not param_name.startswith(prefix):
+            return max_layer_id + 1, max_layer_id + 2
+        name = param_name[len(prefix):]
+        if name.startswith('warehouse_manager.weights.'):
+            index = int(name.split('.')[2])
+            users = list(self.warehouse_manager.specs.values())[index].conv_names
+            name = users[0] + '.weight' if users else name
+        return convnext_layer_id('backbone.' + name, max_layer_id), max_layer_id + 2
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         outs = []
@@ -304,7 +282,52 @@ class KWConvNeXt(BaseModule):
                     outs.append(norm(x))
         return tuple(outs)
 
-    def train(self, mode: bool = True) -> 'KWConvNeXt':
-        super().train(mode)
-        self._freeze_stages()
-        return self
+
+@MODELS.register_module()
+class KWConvNeXt(DynamicConvNeXt):
+    """ConvNeXt with Kernel Warehouse convolutions: a :class:`DynamicConvNeXt` with
+    ``conv_cfg=dict(type='KW', ...)`` from these arguments.
+
+    Args:
+        arch: 'tiny', 'small', 'base', 'large', 'xlarge', or a dict with ``depths`` and
+            ``channels``.
+        budget: convolutional parameter budget b (paper §3.3): '1x' (the release), '3/4x' (the
+            paper's mixed design, see the module docstring), '1/2x', '2x', '4x', any
+            '<ratio>x', a number, or a dict of the three cell ratios. None builds mmpretrain's
+            plain ConvNeXt (same structure and parameter names).
+        layout: 'release' or 'paper' (see the module docstring): the defaults of
+            ``warehouse_groups`` and ``reduction``.
+        warehouse_groups: per stage, how many consecutive groups of blocks get their own
+            depthwise and pointwise warehouses; each must divide the stage's depth. None: one
+            per stage ('release'), three in the third stage ('paper', Table 14).
+        reduction: attention hidden width ratio; None: 1/16 ('release') or 1/32 ('paper').
+        attention_init: 'one_to_one' (paper A.2; tau schedules apply) or None to disable the
+            init strategy, holding tau at 0 (fine-tuning, A.1.2); the ablations of Table 13.
+        attention_function: 'caf' (Eq. 4) or Table 8's 'softmax', 'sigmoid', 'relu_norm'.
+        recompute_kernels: True, False or 'auto' (see :class:`~mmkw.ops.WarehouseManager`).
+        **kwargs: the arguments of :class:`DynamicConvNeXt` but ``conv_cfg``.
+    """
+
+    def __init__(self,
+                 arch: Union[str, dict] = 'tiny',
+                 budget='1x',
+                 layout: str = 'release',
+                 warehouse_groups: Optional[Sequence[int]] = None,
+                 reduction: Optional[float] = None,
+                 attention_init: Optional[str] = 'one_to_one',
+                 attention_function: str = 'caf',
+                 recompute_kernels: Union[bool, str] = 'auto',
+                 **kwargs) -> None:
+        if 'conv_cfg' in kwargs:
+            raise TypeError('KWConvNeXt takes the KW options as arguments (budget=..., ...); '
+                            'use DynamicConvNeXt for conv_cfg')
+        if layout not in ('release', 'paper'):
+            raise ValueError(f"layout must be 'release' or 'paper', got {layout!r}")
+        conv_cfg = None if budget is None else dict(
+            type='KW', budget=budget, layout=layout, warehouse_groups=warehouse_groups,
+            reduction=reduction, attention_init=attention_init,
+            attention_function=attention_function, recompute_kernels=recompute_kernels)
+        super().__init__(arch, conv_cfg=conv_cfg, **kwargs)
+        if budget is None:
+            self.warehouse_manager = None
+            self.layout = layout

@@ -1,0 +1,11 @@
+# ODConv (4x) ResNet-18 with KW's contrasting-driven attention function instead of the softmax
+# over the kernels, advanced strategy (KW paper Table 10).
+_base_ = [
+    '../_base_/models/dynamic-resnet18_in1k.py',
+    '../_base_/recipes/advanced_8xb512_in1k.py',
+    '../_base_/hooks/temperature-30to1-10e.py',
+]
+model = dict(
+    backbone=dict(conv_cfg=dict(type='ODConv', kernel_num=4, attention_function='caf')),
+    head=dict(loss={{_base_.label_smooth_loss}}),
+    train_cfg={{_base_.batch_mix}})

@@ -1,0 +1,7 @@
+# ODConv (4x) MobileNetV2 (1.0x), the 150-epoch MobileNetV2 strategy (KW paper Table 4).
+_base_ = [
+    '../_base_/models/dynamic-mobilenet-v2_in1k.py',
+    '../_base_/recipes/mobilenet_8xb32-150e_in1k.py',
+    '../_base_/hooks/temperature-30to1-10e.py',
+]
+model = dict(backbone=dict(widen_factor=1.0, conv_cfg=dict(type='ODConv', kernel_num=4)))
