@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
 
-from .dynamic_conv import Attention, DynamicAttention, DynamicConv2d
+from .dynamic_conv import Attention, DynamicAttention, KernelBankConv2d
 from .odconv import check_kernel_attention_function, kernel_mixture_attention
 from .per_sample_conv import matmul2d, per_sample_conv2d
 
@@ -69,7 +69,7 @@ class DyConvAttention(DynamicAttention):
 
 
 @MODELS.register_module()
-class DyConv2d(DynamicConv2d):
+class DyConv2d(KernelBankConv2d):
     """Dynamic 2D convolution over K kernels, a drop-in replacement of ``nn.Conv2d``.
 
     Build it directly or through mmcv's ``build_conv_layer(dict(type='DyConv2d',
@@ -102,33 +102,12 @@ class DyConv2d(DynamicConv2d):
                  reduction: float = 1 / 4,
                  attention_function: str = 'softmax',
                  recompute_kernels: Union[bool, str] = 'auto') -> None:
-        if not (isinstance(kernel_num, int) and kernel_num >= 1):
-            raise ValueError(f'DyConv2d: kernel_num must be a positive int, got {kernel_num!r}')
-        if not reduction > 0:
-            raise ValueError(f'DyConv2d: reduction must be positive, got {reduction!r}')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, recompute_kernels)
-        self.kernel_num = kernel_num
-        self.reduction = reduction
+                         groups, bias, kernel_num, reduction, recompute_kernels)
         self.attention = DyConvAttention(in_channels, kernel_num, reduction, attention_function)
-        self.weight = nn.Parameter(torch.empty(kernel_num, *self.weight_shape))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """Every kernel kaiming-normal (fan_out, ReLU gain), as ODConv's; bias 0."""
-        for kernel in self.weight.data:
-            nn.init.kaiming_normal_(kernel, mode='fan_out', nonlinearity='relu')
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def attention_function(self) -> str:
-        return self.attention.attention_function
-
     # ------------------------------------------------------------ the DynamicConv2d contract
-    def attend(self, x: torch.Tensor) -> Attention:
-        return self.attention(x)
-
     def effective_kernels(self, attention: Attention) -> torch.Tensor:
         """``sum_k pi_k W_k`` per sample: ``[B, C_out, C_in / g, kh, kw]``."""
         pi, = attention
@@ -138,25 +117,3 @@ class DyConv2d(DynamicConv2d):
     def convolve(self, x: torch.Tensor, attention: Attention, path: str) -> torch.Tensor:
         return per_sample_conv2d(x, self.effective_kernels(attention), self.stride,
                                  self.padding, self.dilation, self.groups)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # as ODConv2d: a checkpoint of another K or architecture must not half-load
-        for name, tensor in self.named_parameters():
-            key = prefix + name
-            if key in state_dict and state_dict[key].shape != tensor.shape:
-                raise ValueError(
-                    f'DyConv2d {prefix[:-1]!r}: checkpoint {key!r} has shape '
-                    f'{list(state_dict[key].shape)} but this layer ({self.in_channels} -> '
-                    f'{self.out_channels}, kernel {self.kernel_size}, groups {self.groups}, '
-                    f'K={self.kernel_num}, reduction {self.reduction:g}) needs '
-                    f'{list(tensor.shape)}: the checkpoint comes from another kernel_num, '
-                    'reduction or architecture')
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr() + f', kernel_num={self.kernel_num}'
-        if self.attention_function != 'softmax':
-            s += f', attention_function={self.attention_function!r}'
-        return s

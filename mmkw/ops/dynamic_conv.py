@@ -319,3 +319,77 @@ def channel_scales_to_kernel(kernels: torch.Tensor, in_scale: Optional[torch.Ten
     if out_scale is not None:
         kernels = kernels * out_scale.view(batch, out_channels, 1, 1, 1)
     return kernels
+
+
+class KernelBankConv2d(DynamicConv2d):
+    """Base of the dynamic convs that hold ``K`` full kernels of their own and mix them per
+    sample (ODConv, DY-Conv): the kernel bank ``weight`` ``[K, C_out, C_in / groups, kh, kw]``
+    with the releases' init (every kernel kaiming-normal, fan_out, ReLU gain; bias 0), argument
+    checks, and the refusal of a checkpoint of another K or architecture.
+
+    A subclass calls ``super().__init__``, builds its ``attention`` (which has an
+    ``attention_function``) and then calls :meth:`reset_parameters`.
+
+    Args:
+        kernel_num: K.
+        reduction: the attention's hidden width ratio.
+        Others as :class:`DynamicConv2d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: Union[int, Tuple[int, int]],
+                 stride: Union[int, Tuple[int, int]] = 1,
+                 padding: Union[int, Tuple[int, int]] = 0,
+                 dilation: Union[int, Tuple[int, int]] = 1,
+                 groups: int = 1,
+                 bias: bool = False,
+                 kernel_num: int = 4,
+                 reduction: float = 1 / 16,
+                 recompute_kernels: Union[bool, str] = 'auto') -> None:
+        name = type(self).__name__
+        if not (isinstance(kernel_num, int) and kernel_num >= 1):
+            raise ValueError(f'{name}: kernel_num must be a positive int, got {kernel_num!r}')
+        if not reduction > 0:
+            raise ValueError(f'{name}: reduction must be positive, got {reduction!r}')
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, recompute_kernels)
+        self.kernel_num = kernel_num
+        self.reduction = reduction
+        self.weight = nn.Parameter(torch.empty(kernel_num, *self.weight_shape))
+
+    def reset_parameters(self) -> None:
+        """Every kernel kaiming-normal (fan_out, ReLU gain), as the releases; bias 0."""
+        for kernel in self.weight.data:
+            nn.init.kaiming_normal_(kernel, mode='fan_out', nonlinearity='relu')
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    @property
+    def attention_function(self) -> str:
+        return self.attention.attention_function
+
+    def attend(self, x: torch.Tensor) -> Attention:
+        return self.attention(x)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # mmengine's non-strict loading only warns on shape mismatches: a checkpoint of another
+        # K, reduction or layer must not half-load silently.
+        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
+            key = prefix + name
+            if key in state_dict and state_dict[key].shape != tensor.shape:
+                raise ValueError(
+                    f'{type(self).__name__} {prefix[:-1]!r}: checkpoint {key!r} has shape '
+                    f'{list(state_dict[key].shape)} but this layer ({self.in_channels} -> '
+                    f'{self.out_channels}, kernel {self.kernel_size}, groups {self.groups}, '
+                    f'K={self.kernel_num}, reduction {self.reduction:g}) needs '
+                    f'{list(tensor.shape)}: the checkpoint comes from another kernel_num, '
+                    'reduction or architecture')
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr() + f', kernel_num={self.kernel_num}'
+        if self.attention_function != 'softmax':
+            s += f', attention_function={self.attention_function!r}'
+        return s

@@ -37,7 +37,8 @@ from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
 from .attention_options import CAF_EPS
-from .dynamic_conv import Attention, DynamicAttention, DynamicConv2d, channel_scales_to_kernel
+from .dynamic_conv import (Attention, DynamicAttention, KernelBankConv2d,
+                           channel_scales_to_kernel)
 from .norm_guard import check_norm_batch
 from .per_sample_conv import matmul2d, per_sample_conv2d
 
@@ -173,7 +174,7 @@ class _Heads:
 
 
 @MODELS.register_module()
-class ODConv2d(DynamicConv2d):
+class ODConv2d(KernelBankConv2d):
     """Omni-dimensional dynamic 2D convolution, a drop-in replacement of ``nn.Conv2d``.
 
     Build it directly or through mmcv's ``build_conv_layer(dict(type='ODConv2d',
@@ -213,34 +214,13 @@ class ODConv2d(DynamicConv2d):
                  min_channels: int = 16,
                  attention_function: str = 'softmax',
                  recompute_kernels: Union[bool, str] = 'auto') -> None:
-        if not (isinstance(kernel_num, int) and kernel_num >= 1):
-            raise ValueError(f'ODConv2d: kernel_num must be a positive int, got {kernel_num!r}')
-        if not reduction > 0:
-            raise ValueError(f'ODConv2d: reduction must be positive, got {reduction!r}')
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, recompute_kernels)
-        self.kernel_num = kernel_num
-        self.reduction = reduction
+                         groups, bias, kernel_num, reduction, recompute_kernels)
         self.attention = ODConvAttention(in_channels, out_channels, self.kernel_size, groups,
                                          kernel_num, reduction, min_channels, attention_function)
-        self.weight = nn.Parameter(torch.empty(kernel_num, *self.weight_shape))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
-        """The release's init: every kernel kaiming-normal (fan_out, ReLU gain), bias 0."""
-        for kernel in self.weight.data:
-            nn.init.kaiming_normal_(kernel, mode='fan_out', nonlinearity='relu')
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    @property
-    def attention_function(self) -> str:
-        return self.attention.attention_function
-
     # ------------------------------------------------------------ the DynamicConv2d contract
-    def attend(self, x: torch.Tensor) -> Attention:
-        return self.attention(x)
-
     def execution_path(self, x: torch.Tensor) -> str:
         """'plain' when nothing but the channel and filter scalings is dynamic (K = 1, 1x1
         kernel), else 'assembled'."""
@@ -286,26 +266,3 @@ class ODConv2d(DynamicConv2d):
         if heads.filter is not None:
             out = out * heads.filter.view(batch, -1, 1, 1)
         return out
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        # mmengine's non-strict loading only warns on shape mismatches: a checkpoint of another
-        # K, reduction or layer must not half-load silently.
-        for name, tensor in list(self.named_parameters()) + list(self.named_buffers()):
-            key = prefix + name
-            if key in state_dict and state_dict[key].shape != tensor.shape:
-                raise ValueError(
-                    f'ODConv2d {prefix[:-1]!r}: checkpoint {key!r} has shape '
-                    f'{list(state_dict[key].shape)} but this layer ({self.in_channels} -> '
-                    f'{self.out_channels}, kernel {self.kernel_size}, groups {self.groups}, '
-                    f'K={self.kernel_num}, reduction {self.reduction:g}) needs '
-                    f'{list(tensor.shape)}: the checkpoint comes from another kernel_num, '
-                    'reduction or architecture')
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def extra_repr(self) -> str:
-        s = super().extra_repr() + f', kernel_num={self.kernel_num}'
-        if self.attention_function != 'softmax':
-            s += f', attention_function={self.attention_function!r}'
-        return s
