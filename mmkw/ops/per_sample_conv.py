@@ -13,7 +13,6 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 
 :func:`choose_path` picks one for a conv and an input size.
 """
-import os
 import threading
 import warnings
 from contextlib import contextmanager
@@ -22,34 +21,16 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .cpu_kernels import CPU_KERNELS, cpu_kernels  # noqa: F401 (CPU_KERNELS: re-exported)
+
 # Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
-# library (see CPU_KERNELS).
+# library (see CPU_KERNELS). A depthwise one always does: as im2col and a batched matmul it would
+# be B x C products of a 1 x kh*kw row, against one depthwise conv over B x C channels (on a
+# 2-core AVX2 CPU a KW 1x MobileNetV2 runs 1.5x faster in inference, 1.25x in training).
 UNFOLD_MAX_POSITIONS = {'blas': 196, 'onednn': 0}
 
-# Which library runs the products of a KW conv on the CPU. torch sends fp32 matmuls to MKL and
-# convolutions to oneDNN. On CPUs with AVX-512, oneDNN uses it while MKL's sgemm may not (on the
-# AMD EPYC machines we measure on it reaches 30-70 GMAC/s on the assembly shapes): there a 1x1
-# convolution assembles kernels up to 1.8x faster than a matmul and the grouped per-sample conv
-# runs 3x3 convs on 7x7 and 14x14 maps 1.3-2x faster than im2col + bmm, and a KW ResNet-18
-# training step is 1.27x faster. On AVX2 CPUs it is the other way round (the grouped conv's
-# backward is pathologically slow on small maps). MMKW_CPU_KERNELS=blas|onednn overrides.
-CPU_KERNELS = ('blas', 'onednn')
-
-
-# detected once: a plain constant for torch.compile to read
-_DETECTED_CPU_KERNELS = ('onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512')
-                         else 'blas')
-
-
-def cpu_kernels() -> str:
-    """'onednn' or 'blas': see ``CPU_KERNELS``; ``MMKW_CPU_KERNELS`` (default 'auto') chooses."""
-    choice = os.environ.get('MMKW_CPU_KERNELS', 'auto')
-    if choice == 'auto':
-        return _DETECTED_CPU_KERNELS
-    if choice not in CPU_KERNELS:
-        raise ValueError(f"MMKW_CPU_KERNELS must be 'auto' or one of {CPU_KERNELS}, got "
-                         f'{choice!r}')
-    return choice
+# Which library (BLAS or oneDNN) runs the products of a dynamic conv on the CPU is measured
+# per machine: see mmkw/ops/cpu_kernels.py.
 
 
 def prefers_onednn(x: torch.Tensor) -> bool:
@@ -66,7 +47,7 @@ ONEDNN_MATMUL_MIN_ROWS = 32
 
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
-    where oneDNN is the faster library (see ``CPU_KERNELS``)."""
+    where oneDNN is the faster library (see :mod:`mmkw.ops.cpu_kernels`)."""
     if not in_export_formulation() and a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and \
             prefers_onednn(a) and not in_release_formulation():
         rows, inner = a.shape
@@ -183,7 +164,7 @@ def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, 
         if stride != (1, 1):
             x = x[:, :, ::stride[0], ::stride[1]]
         cols = x.reshape(batch * groups, channels // groups, out_h * out_w)
-    elif export or not release and \
+    elif export or not release and channels != groups and \
             out_h * out_w <= UNFOLD_MAX_POSITIONS['onednn' if prefers_onednn(x) else 'blas']:
         cols = F.unfold(x, (kh, kw), dilation, padding, stride)
         cols = cols.view(batch * groups, channels // groups * kh * kw, out_h * out_w)
@@ -306,7 +287,7 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     Returns 'mixed_input' (:func:`mixed_input_conv2d`), 'mixture' (assemble, then
     :func:`mixture_conv2d`) or 'assembled' (assemble kernels in conv layout, then
     :func:`per_sample_conv2d`). ``onednn``: the per-sample conv runs best as oneDNN's grouped
-    conv (see ``CPU_KERNELS``), so the batched matmuls of 'mixture' are not chosen.
+    conv (see :mod:`mmkw.ops.cpu_kernels`), so the batched matmuls of 'mixture' are not chosen.
     """
     if groups != 1 or tuple(cell_shape[2:]) != (1, 1) or in_release_formulation():
         return 'assembled'

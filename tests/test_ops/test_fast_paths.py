@@ -56,7 +56,7 @@ CASES = [
     (16, 32, 3, 1, 1, '2x', 1.0, 12),    # unfold + bmm (144 positions)
     (16, 16, 3, 1, 1, '1/2x', 1 / 16, 16),  # grouped conv over the batch (256 positions)
     (16, 32, 3, 1, 2, '1x', 1.0, 8),     # grouped conv: unfold + bmm
-    (16, 16, 3, 1, 16, '1x', 1.0, 8),    # depthwise: unfold + bmm
+    (16, 16, 3, 1, 16, '1x', 1.0, 8),    # depthwise: always the grouped conv
     (16, 16, 5, 1, 16, '1/2x', 1.0, 16),  # depthwise 5x5: grouped conv
     (16, 32, 1, 1, 1, '1/2x', 1.0, 20),  # 1x1 without unfold (400 positions)
     (16, 32, 3, 1, 1, '1x', 1.0, 2),     # mixed input (4 positions)

@@ -1,0 +1,82 @@
+"""The CPU kernel library of dynamic convs: chosen by measurement, cached per machine,
+overridable, and never a reason for a different result."""
+import json
+
+import pytest
+import torch
+
+from mmkw.ops import KWConv2d, WarehouseManager
+from mmkw.ops import cpu_kernels as ck
+
+
+@pytest.fixture
+def fresh_choice(monkeypatch, tmp_path):
+    """No choice measured in this process yet, the cache in a temporary folder."""
+    monkeypatch.setattr(ck, '_measured', None)
+    monkeypatch.setenv('MMKW_CACHE', str(tmp_path))
+    monkeypatch.delenv(ck.ENV_VAR, raising=False)
+    return tmp_path / 'cpu_kernels.json'
+
+
+def test_auto_takes_the_faster_library_and_caches_it(fresh_choice, monkeypatch):
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.2, 'onednn': 0.1})
+    assert ck.cpu_kernels() == 'onednn'
+    cached = json.loads(fresh_choice.read_text())
+    assert cached[ck.machine_key()]['choice'] == 'onednn'
+
+    # a new process reads the cache instead of measuring again
+    monkeypatch.setattr(ck, '_measured', None)
+
+    def fail():
+        raise AssertionError('measured again despite the cache')
+
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', fail)
+    assert ck.cpu_kernels() == 'onednn'
+
+
+def test_cache_of_another_machine_is_not_used(fresh_choice, monkeypatch):
+    fresh_choice.write_text(json.dumps({'another CPU | avx2 | torch 0': {'choice': 'onednn'}}))
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.1, 'onednn': 0.2})
+    assert ck.cpu_kernels() == 'blas'
+    assert set(json.loads(fresh_choice.read_text())) == {'another CPU | avx2 | torch 0',
+                                                         ck.machine_key()}
+
+
+def test_unreadable_cache_is_measured_again(fresh_choice, monkeypatch):
+    fresh_choice.write_text('{not json')
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.1, 'onednn': 0.2})
+    assert ck.cpu_kernels() == 'blas'
+
+
+def test_environment_and_forced_choice_override_the_measurement(fresh_choice, monkeypatch):
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.2, 'onednn': 0.1})
+    monkeypatch.setenv(ck.ENV_VAR, 'blas')
+    assert ck.cpu_kernels() == 'blas'
+    with ck.forced_cpu_kernels('onednn'):
+        assert ck.cpu_kernels() == 'onednn'
+    assert ck.cpu_kernels() == 'blas'
+    assert not fresh_choice.exists()  # nothing was measured
+    with pytest.raises(ValueError, match='kernels must be one of'):
+        ck.forced_cpu_kernels('mkl')
+
+
+def test_measurement_times_both_libraries():
+    seconds = ck.measure_cpu_kernels(rounds=1)
+    assert set(seconds) == set(ck.CPU_KERNELS)
+    assert all(value > 0 for value in seconds.values())
+
+
+def test_both_libraries_give_the_same_conv():
+    manager = WarehouseManager('1x')
+    owner = torch.nn.Module()
+    owner.warehouse_manager = manager
+    owner.conv = KWConv2d(32, 32, 3, padding=1, warehouse_manager=manager, warehouse_name='w')
+    owner.depthwise = KWConv2d(32, 32, 3, padding=1, groups=32, warehouse_manager=manager,
+                               warehouse_name='dw')
+    manager.build(owner)
+    x = torch.randn(4, 32, 14, 14)
+    outputs = {}
+    for kernels in ck.CPU_KERNELS:
+        with ck.forced_cpu_kernels(kernels):
+            outputs[kernels] = owner.depthwise(owner.conv(x))
+    torch.testing.assert_close(outputs['blas'], outputs['onednn'], atol=1e-5, rtol=1e-5)
