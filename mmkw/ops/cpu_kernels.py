@@ -10,9 +10,10 @@ ResNet-18 training step 1.27x faster, while on AVX2 machines the grouped convolu
 was pathologically slow on small maps and BLAS won.
 
 So the choice (``'blas'`` or ``'onednn'``, see :data:`CPU_KERNELS`) is made by timing both on
-a probe of KW convs with the shapes that decide it (:func:`measure_cpu_kernels`, about a
-second), once per machine: the result is kept in ``$MMKW_CACHE/cpu_kernels.json`` (default
-``~/.cache/mmkw``), keyed by CPU model, instruction sets, torch version and thread count.
+a probe of KW convs with the shapes that decide it (:func:`measure_cpu_kernels`, about ten
+seconds), for training and for inference apart, once per machine: the result is kept in
+``$MMKW_CACHE/cpu_kernels.json`` (default ``~/.cache/mmkw``), keyed by CPU model, instruction
+sets, torch version and thread count.
 ``MMKW_CPU_KERNELS=blas|onednn`` skips the measurement, ``auto`` (the default) uses it.
 Every path is exact whichever library runs it; only speed depends on the choice.
 """
@@ -22,7 +23,7 @@ import os
 import os.path as osp
 import platform
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -33,18 +34,21 @@ logger = logging.getLogger(__name__)
 
 # set while the probe times one library: every dynamic conv then runs with it
 _forced: Optional[str] = None
-# the measured choice of this process, once known (a plain constant for torch.compile)
-_measured: Optional[str] = None
+# the measured choices of this process by mode, once known (plain constants for torch.compile)
+_measured: Optional[Dict[str, str]] = None
+
+MODES = ('train', 'inference')
 
 
 def cpu_kernels() -> str:
     """'blas' or 'onednn': ``$MMKW_CPU_KERNELS`` if set to one of them, else the faster one on
-    this machine (:func:`measured_cpu_kernels`)."""
+    this machine for the current mode (:func:`measured_cpu_kernels`): training where autograd
+    records (``torch.is_grad_enabled()``), inference elsewhere."""
     if _forced is not None:
         return _forced
     choice = os.environ.get(ENV_VAR, 'auto')
     if choice == 'auto':
-        return measured_cpu_kernels()
+        return measured_cpu_kernels()['train' if torch.is_grad_enabled() else 'inference']
     if choice not in CPU_KERNELS:
         raise ValueError(f"{ENV_VAR} must be 'auto' or one of {CPU_KERNELS}, got {choice!r}")
     return choice
@@ -56,25 +60,28 @@ def instruction_set_guess() -> str:
     return 'onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512') else 'blas'
 
 
-def measured_cpu_kernels() -> str:
-    """The faster library on this machine: from the cache file, else measured and cached."""
+def measured_cpu_kernels() -> Dict[str, str]:
+    """The faster library on this machine, ``{'train': ..., 'inference': ...}``: from the cache
+    file, else measured and cached."""
     global _measured
     if _measured is not None:
         return _measured
     if torch.compiler.is_compiling():
-        return instruction_set_guess()
+        return dict.fromkeys(MODES, instruction_set_guess())
     key = machine_key()
     cache = cache_file()
     cached = _read_cache(cache)
-    if key in cached and cached[key].get('choice') in CPU_KERNELS:
-        _measured = cached[key]['choice']
+    entry = cached.get(key, {})
+    if isinstance(entry, dict) and all(entry.get(mode) in CPU_KERNELS for mode in MODES):
+        _measured = {mode: entry[mode] for mode in MODES}
         return _measured
     seconds = measure_cpu_kernels()
-    _measured = min(seconds, key=seconds.get)
-    logger.info('mmkw: %s runs dynamic convs faster on this CPU (probe: %s); cached in %s',
-                _measured, ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in seconds.items()),
-                cache)
-    cached[key] = dict(choice=_measured, seconds=seconds)
+    _measured = {mode: min(seconds[mode], key=seconds[mode].get) for mode in MODES}
+    logger.info('mmkw: CPU kernels %s, measured on this machine (%s); cached in %s', _measured,
+                '; '.join(f'{mode}: ' + ', '.join(f'{k} {v * 1e3:.0f} ms'
+                                                   for k, v in seconds[mode].items())
+                          for mode in MODES), cache)
+    cached[key] = dict(_measured, seconds=seconds)
     _write_cache(cache, cached)
     return _measured
 
@@ -147,54 +154,51 @@ class _Forced:
         _forced = self.previous
 
 
-def measure_cpu_kernels(rounds: int = 3) -> Dict[str, float]:
-    """Seconds of a training step (forward and backward) of a probe of KW convs with each
-    library, the median of ``rounds`` interleaved rounds after a warm-up.
+def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str, float]]:
+    """Seconds of a training step (forward and backward) and of an inference forward of a probe
+    with each library: ``{'train': {'blas': s, 'onednn': s}, 'inference': {...}}``, the medians
+    of ``rounds`` interleaved rounds after ``warmup`` untimed ones.
 
-    The probe holds the shapes on which the libraries differ, at the batch size of the
-    benchmark (8): a 3x3 conv on a 14x14 map (kernels assembled by a matmul or a 1x1 conv, then
-    a per-sample conv by im2col or by a grouped conv), a 3x3 conv on a 7x7 map (mixed input:
-    the warehouse matmul) and a 1x1 conv on a 14x14 map (MobileNetV2). Depthwise convs run
-    alike with both.
+    The probe is the last two stages of a KW (1x) ResNet-18, where most of a KW network's time
+    goes, at the benchmark's batch (8) and inputs of a 224x224 image: its warehouses' cell counts
+    decide which execution paths run (see :func:`~mmkw.ops.per_sample_conv.choose_path`), so a
+    probe of other shapes can prefer the wrong library. The two modes are measured apart because
+    they can disagree: on an AVX-512 EPYC a KW ResNet-18 inferred 1.18x faster with BLAS and
+    trained 1.11x faster with oneDNN.
     """
-    step = _probe_step()
-    timings = {kernels: [] for kernels in CPU_KERNELS}
-    for round_index in range(rounds + 1):
-        for kernels in CPU_KERNELS:
-            with forced_cpu_kernels(kernels):
-                start = time.perf_counter()
-                step()
-                if round_index:  # round 0 warms up
-                    timings[kernels].append(time.perf_counter() - start)
-    return {kernels: sorted(times)[len(times) // 2] for kernels, times in timings.items()}
+    train_step, inference = _probe_runs()
+    timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
+    for round_index in range(warmup + rounds):
+        for mode, run in (('train', train_step), ('inference', inference)):
+            for kernels in CPU_KERNELS:
+                with forced_cpu_kernels(kernels):
+                    start = time.perf_counter()
+                    run()
+                    if round_index >= warmup:
+                        timings[mode, kernels].append(time.perf_counter() - start)
+    return {mode: {kernels: sorted(timings[mode, kernels])[rounds // 2]
+                   for kernels in CPU_KERNELS} for mode in MODES}
 
 
-def _probe_step() -> Callable[[], None]:
-    from .kw_conv import KWConv2d  # the probe runs the real layers
-    from .warehouse import WarehouseManager
+def _probe_runs() -> Tuple[Callable[[], None], Callable[[], None]]:
+    # the real stages; imported here because the backbones import the ops
+    from mmkw.models.backbones.resnet import KWResNet
 
-    class Probe(torch.nn.Module):
+    torch.manual_seed(0)
+    backbone = KWResNet(depth=18, budget='1x')
+    stages = torch.nn.Sequential(backbone.layer3, backbone.layer4)
+    # an input that needs gradients, as everywhere in a network but at its first layer
+    x = torch.randn(8, 128, 28, 28).requires_grad_()
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.warehouse_manager = WarehouseManager('1x', recompute_kernels=False)
-            self.dense = KWConv2d(128, 128, 3, padding=1, warehouse_manager=self.warehouse_manager,
-                                  warehouse_name='dense')
-            self.small_map = KWConv2d(256, 256, 3, padding=1,
-                                      warehouse_manager=self.warehouse_manager,
-                                      warehouse_name='small_map')
-            self.pointwise = KWConv2d(192, 64, 1, warehouse_manager=self.warehouse_manager,
-                                      warehouse_name='pointwise')
-            self.warehouse_manager.build(self)
+    def train_step() -> None:
+        stages.train()
+        stages(x).sum().backward()
+        stages.zero_grad(set_to_none=True)
+        x.grad = None
 
-    generator = torch.Generator().manual_seed(0)
-    probe = Probe()
-    inputs = [(probe.dense, torch.randn(8, 128, 14, 14, generator=generator)),
-              (probe.small_map, torch.randn(8, 256, 7, 7, generator=generator)),
-              (probe.pointwise, torch.randn(8, 192, 14, 14, generator=generator))]
+    def inference() -> None:
+        stages.eval()
+        with torch.inference_mode():
+            stages(x)
 
-    def step() -> None:
-        for conv, x in inputs:
-            conv(x).sum().backward()
-
-    return step
+    return train_step, inference

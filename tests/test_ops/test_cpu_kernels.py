@@ -18,11 +18,20 @@ def fresh_choice(monkeypatch, tmp_path):
     return tmp_path / 'cpu_kernels.json'
 
 
-def test_auto_takes_the_faster_library_and_caches_it(fresh_choice, monkeypatch):
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.2, 'onednn': 0.1})
-    assert ck.cpu_kernels() == 'onednn'
-    cached = json.loads(fresh_choice.read_text())
-    assert cached[ck.machine_key()]['choice'] == 'onednn'
+def timings(train_winner, inference_winner):
+    return {mode: {kernels: 0.1 if kernels == winner else 0.2 for kernels in ck.CPU_KERNELS}
+            for mode, winner in (('train', train_winner), ('inference', inference_winner))}
+
+
+def test_auto_takes_the_faster_library_per_mode_and_caches_it(fresh_choice, monkeypatch):
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('onednn', 'blas'))
+    assert ck.cpu_kernels() == 'onednn'  # autograd records: training
+    with torch.no_grad():
+        assert ck.cpu_kernels() == 'blas'
+    with torch.inference_mode():
+        assert ck.cpu_kernels() == 'blas'
+    cached = json.loads(fresh_choice.read_text())[ck.machine_key()]
+    assert (cached['train'], cached['inference']) == ('onednn', 'blas')
 
     # a new process reads the cache instead of measuring again
     monkeypatch.setattr(ck, '_measured', None)
@@ -32,11 +41,14 @@ def test_auto_takes_the_faster_library_and_caches_it(fresh_choice, monkeypatch):
 
     monkeypatch.setattr(ck, 'measure_cpu_kernels', fail)
     assert ck.cpu_kernels() == 'onednn'
+    with torch.no_grad():
+        assert ck.cpu_kernels() == 'blas'
 
 
 def test_cache_of_another_machine_is_not_used(fresh_choice, monkeypatch):
-    fresh_choice.write_text(json.dumps({'another CPU | avx2 | torch 0': {'choice': 'onednn'}}))
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.1, 'onednn': 0.2})
+    fresh_choice.write_text(json.dumps({'another CPU | avx2 | torch 0': {
+        'train': 'onednn', 'inference': 'onednn'}}))
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'blas'))
     assert ck.cpu_kernels() == 'blas'
     assert set(json.loads(fresh_choice.read_text())) == {'another CPU | avx2 | torch 0',
                                                          ck.machine_key()}
@@ -44,12 +56,12 @@ def test_cache_of_another_machine_is_not_used(fresh_choice, monkeypatch):
 
 def test_unreadable_cache_is_measured_again(fresh_choice, monkeypatch):
     fresh_choice.write_text('{not json')
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.1, 'onednn': 0.2})
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'onednn'))
     assert ck.cpu_kernels() == 'blas'
 
 
 def test_environment_and_forced_choice_override_the_measurement(fresh_choice, monkeypatch):
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: {'blas': 0.2, 'onednn': 0.1})
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('onednn', 'onednn'))
     monkeypatch.setenv(ck.ENV_VAR, 'blas')
     assert ck.cpu_kernels() == 'blas'
     with ck.forced_cpu_kernels('onednn'):
@@ -60,10 +72,15 @@ def test_environment_and_forced_choice_override_the_measurement(fresh_choice, mo
         ck.forced_cpu_kernels('mkl')
 
 
-def test_measurement_times_both_libraries():
-    seconds = ck.measure_cpu_kernels(rounds=1)
-    assert set(seconds) == set(ck.CPU_KERNELS)
-    assert all(value > 0 for value in seconds.values())
+@pytest.mark.slow
+def test_measurement_times_both_libraries_in_both_modes():
+    seconds = ck.measure_cpu_kernels(rounds=1, warmup=0)
+    assert set(seconds) == set(ck.MODES)
+    for mode in ck.MODES:
+        assert set(seconds[mode]) == set(ck.CPU_KERNELS)
+        assert all(value > 0 for value in seconds[mode].values())
+    # a training step does more than an inference forward
+    assert seconds['train']['blas'] > seconds['inference']['blas']
 
 
 def test_both_libraries_give_the_same_conv():
