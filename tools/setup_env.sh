@@ -44,7 +44,7 @@ build_mmcv() {
   tar -xzf "$work"/mmcv-"$MMCV_VERSION".tar.gz -C "$work"
   # torch 2.14's headers need C++20; mmcv 2.1.0 forces C++17.
   sed -i 's/-std=c++17/-std=c++20/g' "$src/setup.py"
-  # Neither of the next two changes the compiled code; together they make the build 2-3x
+  # Neither of the next two changes the compiled code; together they make the build about 2x
   # faster. No debug info (CFLAGS=-g0, appended after Python's -g) halves the time of every
   # one of these template-heavy sources, and most of them start by including torch's headers
   # through one helper, which is precompiled once for all. gcc uses the precompiled header

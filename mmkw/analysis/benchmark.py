@@ -20,6 +20,7 @@ gradients and optimiser state as well as activations.
 """
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -243,6 +244,16 @@ def count_flops(model: nn.Module, shape: Tuple[int, int], device: str) -> dict:
     linear layers and 1x1 convs; element-wise scalings (ODConv's channel, filter and spatial
     attentions, CAF) are not multiply-adds to the analyzer.
     """
+    with release_flop_analyzer(model, shape, device) as analyzer:
+        total = analyzer.total()
+        unsupported = dict(analyzer.unsupported_ops())
+    return dict(flops=total, gflops=total / 1e9, unsupported_ops=unsupported)
+
+
+@contextmanager
+def release_flop_analyzer(model: nn.Module, shape: Tuple[int, int], device: str = 'cpu'):
+    """mmengine's FlopAnalyzer on a ``[1, 3, H, W]`` eval forward with every dynamic conv in
+    its release's formulation and the analyser's warnings off (see :func:`count_flops`)."""
     from mmengine.analysis import FlopAnalyzer
     model.eval()
     x = torch.randn(1, 3, *shape, device=device)
@@ -250,9 +261,7 @@ def count_flops(model: nn.Module, shape: Tuple[int, int], device: str) -> dict:
         analyzer = FlopAnalyzer(model, (x, ))
         analyzer.unsupported_ops_warnings(False)
         analyzer.uncalled_modules_warnings(False)
-        total = analyzer.total()
-        unsupported = dict(analyzer.unsupported_ops())
-    return dict(flops=total, gflops=total / 1e9, unsupported_ops=unsupported)
+        yield analyzer
 
 
 def peak_train_memory(unit: ModelUnderTest, batch: int) -> dict:

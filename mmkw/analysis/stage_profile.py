@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from mmkw.analysis.benchmark import release_flop_analyzer
 from mmkw.ops.per_sample_conv import release_formulation
 
 
@@ -54,12 +55,7 @@ def _recorded_calls(backbone: nn.Module, x: torch.Tensor) -> List[Tuple[str, nn.
 
 
 def _stage_macs(backbone: nn.Module, shape: Tuple[int, int]) -> Dict[str, int]:
-    from mmengine.analysis import FlopAnalyzer
-    backbone.eval()
-    with torch.no_grad(), release_formulation():
-        analyzer = FlopAnalyzer(backbone, (torch.randn(1, 3, *shape), ))
-        analyzer.unsupported_ops_warnings(False)
-        analyzer.uncalled_modules_warnings(False)
+    with release_flop_analyzer(backbone, shape) as analyzer:
         return dict(analyzer.by_module())
 
 

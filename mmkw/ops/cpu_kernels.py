@@ -23,7 +23,8 @@ import os
 import os.path as osp
 import platform
 import time
-from typing import Callable, Dict, Optional, Tuple
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -77,10 +78,10 @@ def measured_cpu_kernels() -> Dict[str, str]:
         return _measured
     seconds = measure_cpu_kernels()
     _measured = {mode: min(seconds[mode], key=seconds[mode].get) for mode in MODES}
+    probe = '; '.join(f'{mode}: ' + ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in times.items())
+                      for mode, times in seconds.items())
     logger.info('mmkw: CPU kernels %s, measured on this machine (%s); cached in %s', _measured,
-                '; '.join(f'{mode}: ' + ', '.join(f'{k} {v * 1e3:.0f} ms'
-                                                   for k, v in seconds[mode].items())
-                          for mode in MODES), cache)
+                probe, cache)
     cached[key] = dict(_measured, seconds=seconds)
     _write_cache(cache, cached)
     return _measured
@@ -135,23 +136,19 @@ def _write_cache(path: str, data: Dict[str, dict]) -> None:
 def forced_cpu_kernels(kernels: Optional[str]):
     """Context manager: every dynamic conv runs with ``kernels`` ('blas' or 'onednn') inside;
     ``None`` restores the normal choice. For the probe and for tests."""
-    return _Forced(kernels)
+    if kernels is not None and kernels not in CPU_KERNELS:
+        raise ValueError(f'kernels must be one of {CPU_KERNELS} or None, got {kernels!r}')
+    return _forcing(kernels)
 
 
-class _Forced:
-
-    def __init__(self, kernels: Optional[str]) -> None:
-        if kernels is not None and kernels not in CPU_KERNELS:
-            raise ValueError(f'kernels must be one of {CPU_KERNELS} or None, got {kernels!r}')
-        self.kernels = kernels
-
-    def __enter__(self) -> None:
-        global _forced
-        self.previous, _forced = _forced, self.kernels
-
-    def __exit__(self, *exc) -> None:
-        global _forced
-        _forced = self.previous
+@contextmanager
+def _forcing(kernels: Optional[str]) -> Iterator[None]:
+    global _forced
+    previous, _forced = _forced, kernels
+    try:
+        yield
+    finally:
+        _forced = previous
 
 
 def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str, float]]:
@@ -166,16 +163,19 @@ def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str,
     they can disagree: on an AVX-512 EPYC a KW ResNet-18 inferred 1.18x faster with BLAS and
     trained 1.11x faster with oneDNN.
     """
-    train_step, inference = _probe_runs()
     timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
-    for round_index in range(warmup + rounds):
-        for mode, run in (('train', train_step), ('inference', inference)):
-            for kernels in CPU_KERNELS:
-                with forced_cpu_kernels(kernels):
-                    start = time.perf_counter()
-                    run()
-                    if round_index >= warmup:
-                        timings[mode, kernels].append(time.perf_counter() - start)
+    # The first conv of a process may run under no_grad or inference_mode, and the user's
+    # random stream must not depend on whether this machine had measured before.
+    with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        train_step, inference = _probe_runs()
+        for round_index in range(warmup + rounds):
+            for mode, run in (('train', train_step), ('inference', inference)):
+                for kernels in CPU_KERNELS:
+                    with forced_cpu_kernels(kernels):
+                        start = time.perf_counter()
+                        run()
+                        if round_index >= warmup:
+                            timings[mode, kernels].append(time.perf_counter() - start)
     return {mode: {kernels: sorted(timings[mode, kernels])[rounds // 2]
                    for kernels in CPU_KERNELS} for mode in MODES}
 

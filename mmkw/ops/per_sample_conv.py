@@ -26,7 +26,7 @@ from .cpu_kernels import CPU_KERNELS, cpu_kernels  # noqa: F401 (CPU_KERNELS: re
 # Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
 # library (see CPU_KERNELS). A depthwise one always does: as im2col and a batched matmul it would
 # be B x C products of a 1 x kh*kw row, against one depthwise conv over B x C channels (on a
-# 2-core AVX2 CPU a KW 1x MobileNetV2 runs 1.5x faster in inference, 1.25x in training).
+# 2-core EPYC limited to AVX2 a KW 1x MobileNetV2 ran 1.5x faster in inference, 1.2x in training).
 UNFOLD_MAX_POSITIONS = {'blas': 196, 'onednn': 0}
 
 # Which library (BLAS or oneDNN) runs the products of a dynamic conv on the CPU is measured
