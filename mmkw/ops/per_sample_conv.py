@@ -21,7 +21,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import CPU_KERNELS, cpu_kernels  # noqa: F401 (CPU_KERNELS: re-exported)
+from .cpu_kernels import CPU_KERNELS, cpu_kernels, matmul_kernels  # noqa: F401 (re-exported)
 
 # Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
 # library (see CPU_KERNELS). A depthwise one always does: as im2col and a batched matmul it would
@@ -40,16 +40,17 @@ def prefers_onednn(x: torch.Tensor) -> bool:
         not in_export_formulation()
 
 
-# oneDNN's 1x1 convolution beats MKL's matmul from this many rows of ``a`` on (measured on the
-# assembly shapes: 2x slower at 9 rows, 1.5x faster at 72).
+# Where oneDNN's 1x1 convolution is the faster matmul, it is so from this many rows of ``a`` on
+# (measured on the assembly shapes of an AVX-512 EPYC: 2x slower at 9 rows, 1.5x faster at 72).
 ONEDNN_MATMUL_MIN_ROWS = 32
 
 
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
-    where oneDNN is the faster library (see :mod:`mmkw.ops.cpu_kernels`)."""
-    if not in_export_formulation() and a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and \
-            prefers_onednn(a) and not in_release_formulation():
+    where oneDNN is the faster matmul library (:func:`~mmkw.ops.cpu_kernels.matmul_kernels`)."""
+    if a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and a.device.type == 'cpu' and \
+            not in_export_formulation() and not in_release_formulation() and \
+            matmul_kernels() == 'onednn':
         rows, inner = a.shape
         return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
     return torch.mm(a, b)

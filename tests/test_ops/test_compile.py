@@ -10,6 +10,7 @@ from test_fast_paths import Pair
 @pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
 def test_kw_convs_compile_without_graph_breaks(kernels, monkeypatch):
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     torch._dynamo.reset()
     pair = Pair(16, 32, 3, 1, 1, '1x', 1.0).eval()
 

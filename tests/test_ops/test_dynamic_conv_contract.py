@@ -137,6 +137,7 @@ def test_cases_cover_every_execution_path():
     for kernels in psc.CPU_KERNELS:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv('MMKW_CPU_KERNELS', kernels)
+            patch.setenv('MMKW_MATMUL_KERNELS', kernels)
             for case in CASES:
                 conv = build(case).conv
                 path = conv.execution_path(torch.randn(3, case.in_channels, case.size,
@@ -164,6 +165,7 @@ def grads_of(owner: nn.Module, forward, x: torch.Tensor):
 @pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
 def test_forward_equals_the_per_sample_reference(case, mode, memory, kernels, monkeypatch):
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     owner = build(case, recompute=memory == 'recompute')
     conv = owner.conv
     if memory == 'recompute':

@@ -77,6 +77,7 @@ MEMORY_MODES = ['keep', 'recompute']
 def test_fast_path_matches_reference(case, mode, memory, kernels, monkeypatch):
     in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     torch.manual_seed(0)
     if memory == 'recompute':
         kernel_numel = out_ch * in_ch // groups * kernel * kernel
@@ -113,6 +114,7 @@ def test_fast_path_matches_reference(case, mode, memory, kernels, monkeypatch):
 
 def paths_and_calls(monkeypatch, kernels):
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     paths = []
     calls = []
     monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
@@ -142,9 +144,11 @@ def test_onednn_kernels_use_convolutions(monkeypatch):
     assert calls.count('unfold') == sum(1 for case, path in zip(CASES, paths)
                                         if path == 'mixed_input' and case[2] > 1)
     assert 'conv2d' in calls
-    monkeypatch.setenv('MMKW_CPU_KERNELS', 'fast')
-    with pytest.raises(ValueError, match="MMKW_CPU_KERNELS must be 'auto' or one of"):
-        Pair(16, 32, 3, 1, 1, '1x', 1.0).conv(torch.randn(2, 16, 8, 8))
+    for variable in ('MMKW_CPU_KERNELS', 'MMKW_MATMUL_KERNELS'):
+        monkeypatch.setenv(variable, 'fast')
+        with pytest.raises(ValueError, match=f"{variable} must be 'auto' or one of"):
+            Pair(16, 32, 3, 1, 1, '1x', 1.0).conv(torch.randn(2, 16, 8, 8))
+        monkeypatch.setenv(variable, 'onednn')
 
 
 def saved_bytes(module, x):
@@ -163,6 +167,7 @@ def saved_bytes(module, x):
 @pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
 def test_recomputing_kernels_keeps_no_kernels(kernels, monkeypatch):
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     # 3x3 convs on 14x14 (BLAS) or 28x28 (oneDNN) maps with 4x warehouses assemble kernels
     # (small warehouses mix the input instead); batch 8 holds
     # 8 x 64 x 64 x 9 = 295k numbers
@@ -211,7 +216,10 @@ def test_path_choice_follows_the_cost_model():
 
 @pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
 def test_matmul2d(kernels, monkeypatch):
-    monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
+    # the matmul library is a choice of its own, whatever runs the per-sample convs
+    other = next(k for k in psc.CPU_KERNELS if k != kernels)
+    monkeypatch.setenv('MMKW_CPU_KERNELS', other)
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     calls = []
     monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
     b = torch.randn(27, 300)
@@ -225,6 +233,7 @@ def test_release_formulation_assembles_and_keeps_kernels(monkeypatch):
     # the paper's FLOP count and the benchmark's baseline formulation: Eq. 3, then one
     # grouped conv over the batch, whatever the map size; exact like every path
     monkeypatch.setenv('MMKW_CPU_KERNELS', 'onednn')
+    monkeypatch.setenv('MMKW_MATMUL_KERNELS', 'onednn')
     pair = Pair(16, 32, 3, 1, 1, '1x', 1.0, recompute=True)
     conv = pair.conv
     x = torch.randn(2, 16, 2, 2)

@@ -45,6 +45,12 @@ def test_compare_writes_json_with_every_measurement(tmp_path, capsys):
         report['models'][kw]['params'] / report['models'][plain]['params'])
     screen = capsys.readouterr().out
     assert kw in screen and 'train_speed' in screen
+    # which CPU and kernel libraries the numbers were measured with
+    environment = report['environment']
+    assert environment['cpu']
+    for choice in ('cpu_kernels', 'matmul_kernels'):
+        assert set(environment[choice]) == {'train', 'inference'}
+        assert set(environment[choice].values()) <= {'blas', 'onednn'}
 
 
 def test_release_formulation_is_timed_beside_the_model(tmp_path):

@@ -51,6 +51,7 @@ from mmkw.analysis.benchmark import (MEASUREMENTS, BenchmarkSettings,  # noqa: E
                                      tensor_model)
 from mmkw.analysis.models import build_model_from_config  # noqa: E402
 from mmkw.engine import keep_freed_cpu_memory  # noqa: E402
+from mmkw.ops import cpu_kernels as ck  # noqa: E402
 from mmkw.ops import fold_static_kernels  # noqa: E402
 
 RELEASE_SUFFIX = ' (release formulation)'
@@ -205,6 +206,12 @@ def main(argv=None) -> dict:
                              release_formulation=args.release_formulation,
                              fold_static_kernels=args.fold_static_kernels)
     report['environment']['cpu_allocator'] = allocator
+    if settings.device == 'cpu':
+        report['environment'].update(ck.choices_in_effect())
+        print(f"CPU: {report['environment']['cpu']}; kernels (paths / matmuls): " + ', '.join(
+            f"{mode} {report['environment']['cpu_kernels'][mode]} / "
+            f"{report['environment']['matmul_kernels'][mode]}" for mode in ck.MODES),
+            file=sys.stderr)
     print(format_report(report))
     if args.markdown and report.get('ratios'):
         print()
