@@ -9,7 +9,7 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['mmkw'], allow_failed_imports=False)
-pretrained = 'work_dirs/kw1x-resnet18_1xb16_digits/epoch_4.pth'
+pretrained = 'work_dirs/kw1x-resnet18_1xb16_digits/epoch_6.pth'
 width = 64
 model = dict(
     # the digits pretraining normalised pixels with mean = std = 127.5

@@ -5,4 +5,4 @@ _base_ = './mask-rcnn_kw1x-r18-slim_fpn_shapes.py'
 model = dict(
     backbone=dict(
         budget=None,
-        init_cfg=dict(checkpoint='work_dirs/resnet18_1xb16_digits/epoch_4.pth')))
+        init_cfg=dict(checkpoint='work_dirs/resnet18_1xb16_digits/epoch_6.pth')))

@@ -195,7 +195,7 @@ def test_batch_chunks():
 
 
 def test_path_choice_follows_the_cost_model():
-    # KW ResNet-18 1x stage 4 (n=27, 512x512 cells, 3x3): 2x2 maps of the 16x16 digits demo
+    # KW ResNet-18 1x stage 4 (n=27, 512x512 cells, 3x3): 2x2 maps (a 16x16 digits input)
     # mix the input; 14x14 maps assemble kernels; 7x7 maps are near the break-even point.
     grid, cell = (9, 1, 1), (512, 512, 1, 1)
     assert psc.choose_path(16, 4, 27, grid, cell, 1) == 'mixed_input'
