@@ -27,10 +27,12 @@ model = dict(
         init_cfg=dict(type='Pretrained', prefix='backbone.', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
+    # torchvision's RoIAlign (the same sampling, multi-threaded): mmcv's CPU kernels took 55% of
+    # a training step here, and the step ran 1.9x faster with torchvision's on a 2-core Xeon
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=width),
+        bbox_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
-        mask_roi_extractor=dict(out_channels=width),
+        mask_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
         mask_head=dict(num_convs=2, in_channels=width, conv_out_channels=width,
                        num_classes=3)),
     train_cfg=dict(
