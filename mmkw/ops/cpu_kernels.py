@@ -219,8 +219,8 @@ def _write_cache(path: str, data: Dict[str, dict]) -> None:
 
 def forced_cpu_kernels(kernels: Optional[str], matmul: Optional[str] = None):
     """Context manager: every dynamic conv runs its paths with ``kernels`` ('blas' or 'onednn')
-    inside, and its matmuls with ``matmul`` where given; ``None`` keeps the normal choice. For
-    the probes and for tests."""
+    inside, and its matmuls with ``matmul`` where given; ``None`` leaves that choice as it is.
+    For the probes and for tests."""
     for name, value in (('kernels', kernels), ('matmul', matmul)):
         if value is not None and value not in CPU_KERNELS:
             raise ValueError(f'{name} must be one of {CPU_KERNELS} or None, got {value!r}')

@@ -48,8 +48,10 @@ ONEDNN_MATMUL_MIN_ROWS = 32
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
     where oneDNN is the faster matmul library (:func:`~mmkw.ops.cpu_kernels.matmul_kernels`)."""
-    if a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and a.device.type == 'cpu' and \
-            not in_export_formulation() and not in_release_formulation() and \
+    # the export formulation first: under torch.export a comparison on the rows, which count
+    # samples, would put a guard on the batch size into the graph
+    if not in_export_formulation() and a.device.type == 'cpu' and \
+            a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and not in_release_formulation() and \
             matmul_kernels() == 'onednn':
         rows, inner = a.shape
         return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
