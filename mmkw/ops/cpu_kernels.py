@@ -36,7 +36,7 @@ import os.path as osp
 import platform
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, ContextManager, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -253,7 +253,6 @@ def measure_matmul_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[s
     after ``warmup`` untimed ones, summed over the shapes."""
     from .per_sample_conv import matmul2d
 
-    timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
         generator = torch.Generator().manual_seed(0)
         operands = [(torch.randn(rows, inner, generator=generator).requires_grad_(),
@@ -271,16 +270,9 @@ def measure_matmul_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[s
                 for a, b in operands:
                     matmul2d(a, b)
 
-        for round_index in range(warmup + rounds):
-            for mode, run in (('train', train_step), ('inference', inference)):
-                for kernels in CPU_KERNELS:
-                    with forced_cpu_kernels(None, matmul=kernels):
-                        start = time.perf_counter()
-                        run()
-                        if round_index >= warmup:
-                            timings[mode, kernels].append(time.perf_counter() - start)
-    return {mode: {kernels: sorted(timings[mode, kernels])[rounds // 2]
-                   for kernels in CPU_KERNELS} for mode in MODES}
+        return _time_each_library(train_step, inference,
+                                  lambda kernels: forced_cpu_kernels(None, matmul=kernels),
+                                  rounds, warmup)
 
 
 def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str, float]]:
@@ -295,19 +287,27 @@ def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str,
     they can disagree: on an AVX-512 EPYC a KW ResNet-18 inferred 1.18x faster with BLAS and
     trained 1.11x faster with oneDNN.
     """
-    timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
     # The first conv of a process may run under no_grad or inference_mode, and the user's
     # random stream must not depend on whether this machine had measured before.
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         train_step, inference = _probe_runs()
-        for round_index in range(warmup + rounds):
-            for mode, run in (('train', train_step), ('inference', inference)):
-                for kernels in CPU_KERNELS:
-                    with forced_cpu_kernels(kernels):
-                        start = time.perf_counter()
-                        run()
-                        if round_index >= warmup:
-                            timings[mode, kernels].append(time.perf_counter() - start)
+        return _time_each_library(train_step, inference, forced_cpu_kernels, rounds, warmup)
+
+
+def _time_each_library(train_step: Callable[[], None], inference: Callable[[], None],
+                       forcing: Callable[[str], ContextManager], rounds: int,
+                       warmup: int) -> Dict[str, Dict[str, float]]:
+    """Median seconds of each run with each library forced by ``forcing``, interleaved over
+    ``rounds`` rounds after ``warmup`` untimed ones: ``{mode: {library: seconds}}``."""
+    timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
+    for round_index in range(warmup + rounds):
+        for mode, run in (('train', train_step), ('inference', inference)):
+            for kernels in CPU_KERNELS:
+                with forcing(kernels):
+                    start = time.perf_counter()
+                    run()
+                    if round_index >= warmup:
+                        timings[mode, kernels].append(time.perf_counter() - start)
     return {mode: {kernels: sorted(timings[mode, kernels])[rounds // 2]
                    for kernels in CPU_KERNELS} for mode in MODES}
 
