@@ -55,6 +55,9 @@ _measured_matmul: Optional[Dict[str, str]] = None
 
 MODES = ('train', 'inference')
 
+# environment variables that cap the instruction sets of torch's libraries (part of the key)
+ISA_CAP_ENV_VARS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
+
 
 def cpu_kernels() -> str:
     """'blas' or 'onednn': ``$MMKW_CPU_KERNELS`` if set to one of them, else the faster one on
@@ -187,8 +190,13 @@ def machine_key() -> str:
                     break
     except OSError:
         pass
+    # oneDNN and MKL read their own instruction-set caps from the environment (the way to run
+    # an AVX-512 machine as an AVX2 one), and those change which library is faster
+    caps = ''.join(f' | {var}={os.environ[var]}' for var in ISA_CAP_ENV_VARS
+                   if os.environ.get(var))
     return (f'{model} | {flags} | torch {torch.__version__} | '
-            f'{torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads')
+            f'{torch.backends.cpu.get_cpu_capability()} | {torch.get_num_threads()} threads'
+            f'{caps}')
 
 
 def cache_file() -> str:

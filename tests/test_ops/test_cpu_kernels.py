@@ -96,6 +96,17 @@ def test_cache_of_another_machine_is_not_used(fresh_choice, monkeypatch):
                                                          ck.machine_key()}
 
 
+def test_instruction_set_caps_of_the_libraries_are_part_of_the_machine(monkeypatch):
+    # ONEDNN_MAX_CPU_ISA=AVX2 runs an AVX-512 machine's convolutions as an AVX2 machine's:
+    # a choice measured without the cap does not hold under it
+    for var in ck.ISA_CAP_ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    uncapped = ck.machine_key()
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX2')
+    assert ck.machine_key() != uncapped
+    assert 'ONEDNN_MAX_CPU_ISA=AVX2' in ck.machine_key()
+
+
 def test_unreadable_cache_is_measured_again(fresh_choice, monkeypatch):
     fresh_choice.write_text('{not json')
     monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'onednn'))
