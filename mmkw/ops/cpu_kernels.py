@@ -9,25 +9,26 @@ machines measured here oneDNN ran the assembly up to 1.8x faster than MKL's sgem
 ResNet-18 training step 1.27x faster, while on AVX2 machines the grouped convolution's backward
 was pathologically slow on small maps and BLAS won.
 
-Two choices are made, each by timing both libraries on the machine, for training and for
-inference apart, once per machine:
+Two choices are made together, by timing a probe of KW convs with the shapes that decide them
+(:func:`measure_cpu_kernels`, about fifteen seconds) with each of the four pairs, for training
+and for inference apart, once per machine:
 
-- the *matmul* library (:func:`matmul_kernels`): whether the assembly and warehouse matmuls run
-  as ``torch.mm`` (BLAS) or as oneDNN 1x1 convolutions, timed on those matmuls alone
-  (:func:`measure_matmul_kernels`, about a second). It is a choice of its own because it can
-  go the other way from the rest: on a 2-core Intel Xeon with AVX-512 and AMX, oneDNN's 1x1
-  convolution ran the assembly 2-7x slower than MKL, which made a KW ResNet-50 0.8x as fast as
-  the release formulation wherever the convolutions preferred oneDNN;
-- the *path* library (:func:`cpu_kernels`, ``'blas'`` or ``'onednn'``, see
-  :data:`CPU_KERNELS`): how the per-sample convolutions run on small maps and which execution
-  paths KW picks, timed on a probe of KW convs with the shapes that decide it
-  (:func:`measure_cpu_kernels`, about ten seconds, with the matmul library already chosen).
+- the *path* library (``'blas'`` or ``'onednn'``, see :data:`CPU_KERNELS`): how the
+  per-sample convolutions run on small maps and which execution paths KW picks;
+- the *matmul* library: whether the assembly and warehouse matmuls run as ``torch.mm`` (BLAS)
+  or as oneDNN 1x1 convolutions.
+
+They are chosen as a pair in the network because neither the instruction set nor the matmuls
+timed alone tell: on a 2-core Intel Xeon with AVX-512 and AMX, oneDNN's 1x1 convolution ran the
+assembly 2-7x slower than MKL, while on a 2-core AMD EPYC of family 26 (AVX-512) it was 1.4x
+slower alone, yet the KW ResNet-18 probe trained 1.14x faster with it between oneDNN's
+convolutions, and a KW ResNet-18 1.17x faster.
 
 The results are kept in ``$MMKW_CACHE/cpu_kernels.json`` (default ``~/.cache/mmkw``), keyed by
-CPU model, instruction sets, torch version and thread count. ``MMKW_CPU_KERNELS=blas|onednn``
-and ``MMKW_MATMUL_KERNELS=blas|onednn`` skip the measurement of their choice, ``auto`` (the
-default) uses it. Every path is exact whichever library runs it; only speed depends on the
-choice.
+CPU model, instruction sets (with oneDNN's and MKL's caps), torch version and thread count.
+``MMKW_CPU_KERNELS=blas|onednn`` and ``MMKW_MATMUL_KERNELS=blas|onednn`` fix their library (the
+other is measured among the pairs left), ``auto`` (the default) measures. Every path is exact
+whichever library runs it; only speed depends on the choice.
 """
 import json
 import logging
@@ -36,7 +37,7 @@ import os.path as osp
 import platform
 import time
 from contextlib import contextmanager
-from typing import Callable, ContextManager, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -49,34 +50,37 @@ logger = logging.getLogger(__name__)
 # set while a probe times one library: every dynamic conv then runs with it
 _forced: Optional[str] = None
 _forced_matmul: Optional[str] = None
-# the measured choices of this process by mode, once known (plain constants for torch.compile)
-_measured: Optional[Dict[str, str]] = None
-_measured_matmul: Optional[Dict[str, str]] = None
+# the measured (paths, matmul) choice of this process by mode, once known (plain constants
+# for torch.compile)
+_measured: Optional[Dict[str, 'Pair']] = None
 
 MODES = ('train', 'inference')
+# (library of the per-sample paths, library of the matmuls)
+Pair = Tuple[str, str]
 
 # environment variables that cap the instruction sets of torch's libraries (part of the key)
 ISA_CAP_ENV_VARS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
 
 
 def cpu_kernels() -> str:
-    """'blas' or 'onednn': ``$MMKW_CPU_KERNELS`` if set to one of them, else the faster one on
-    this machine for the current mode (:func:`measured_cpu_kernels`): training where autograd
-    records (``torch.is_grad_enabled()``), inference elsewhere."""
+    """'blas' or 'onednn' for the per-sample paths: ``$MMKW_CPU_KERNELS`` if set to one of
+    them, else the measured choice on this machine for the current mode
+    (:func:`measured_choices`): training where autograd records (``torch.is_grad_enabled()``),
+    inference elsewhere."""
     if _forced is not None:
         return _forced
     choice = _environment_choice(ENV_VAR)
-    return measured_cpu_kernels()[_mode()] if choice == 'auto' else choice
+    return measured_choices()[_mode()][0] if choice == 'auto' else choice
 
 
 def matmul_kernels() -> str:
     """'blas' (``torch.mm``) or 'onednn' (a 1x1 convolution) for the assembly and warehouse
-    matmuls: ``$MMKW_MATMUL_KERNELS`` if set to one of them, else the faster one on this machine
-    for the current mode (:func:`measured_matmul_kernels`)."""
+    matmuls: ``$MMKW_MATMUL_KERNELS`` if set to one of them, else the measured choice on this
+    machine for the current mode (:func:`measured_choices`)."""
     if _forced_matmul is not None:
         return _forced_matmul
     choice = _environment_choice(MATMUL_ENV_VAR)
-    return measured_matmul_kernels()[_mode()] if choice == 'auto' else choice
+    return measured_choices()[_mode()][1] if choice == 'auto' else choice
 
 
 def _mode() -> str:
@@ -90,75 +94,70 @@ def _environment_choice(variable: str) -> str:
     return choice
 
 
+def candidates() -> Tuple[Pair, ...]:
+    """The (paths, matmul) pairs the measurement chooses from: all four, less those that
+    ``$MMKW_CPU_KERNELS`` or ``$MMKW_MATMUL_KERNELS`` rule out."""
+    paths, matmul = _environment_choice(ENV_VAR), _environment_choice(MATMUL_ENV_VAR)
+    return tuple((p, m) for p in CPU_KERNELS for m in CPU_KERNELS
+                 if paths in ('auto', p) and matmul in ('auto', m))
+
+
 def instruction_set_guess() -> str:
     """The choice that the CPU's instruction set suggests: used only while ``torch.compile``
     traces before anything was measured (the probe cannot run inside a trace)."""
     return 'onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512') else 'blas'
 
 
-def measured_cpu_kernels() -> Dict[str, str]:
-    """The faster library on this machine, ``{'train': ..., 'inference': ...}``: from the cache
-    file, else measured and cached."""
+def measured_choices() -> Dict[str, Pair]:
+    """The fastest (paths, matmul) pair on this machine for each mode, ``{'train': (...),
+    'inference': (...)}``, among :func:`candidates`: from the cache file, else measured
+    (:func:`measure_cpu_kernels`) and cached."""
     global _measured
     if _measured is not None:
         return _measured
     if torch.compiler.is_compiling():
-        return dict.fromkeys(MODES, instruction_set_guess())
-    # The paths are timed with the matmul library they will run with; a choice timed with
-    # another one (forced, or cached by an older mmkw) is measured again.
-    matmul = _matmul_choices()
-    _measured = _cached_choice(None, matmul) or \
-        _measure_and_cache(None, measure_cpu_kernels, 'CPU kernels', matmul)
+        guess = instruction_set_guess()
+        return dict.fromkeys(MODES, (guess, guess))
+    pairs = candidates()
+    _measured = _cached_choice(pairs) or _measure_and_cache(pairs)
     return _measured
 
 
-def _matmul_choices() -> Dict[str, str]:
-    choice = _environment_choice(MATMUL_ENV_VAR)
-    return measured_matmul_kernels() if choice == 'auto' else dict.fromkeys(MODES, choice)
+def _pair_name(pair: Pair) -> str:
+    return f'paths {pair[0]}, matmul {pair[1]}'
 
 
-def measured_matmul_kernels() -> Dict[str, str]:
-    """The faster matmul library on this machine, ``{'train': ..., 'inference': ...}``: from
-    the cache file, else measured (:func:`measure_matmul_kernels`) and cached."""
-    global _measured_matmul
-    if _measured_matmul is not None:
-        return _measured_matmul
-    if torch.compiler.is_compiling():
-        return dict.fromkeys(MODES, instruction_set_guess())
-    _measured_matmul = _cached_choice('matmul') or \
-        _measure_and_cache('matmul', measure_matmul_kernels, 'matmul kernels')
-    return _measured_matmul
+def _cache_section(pairs: Tuple[Pair, ...]) -> str:
+    # a choice made among fewer pairs (a library forced) is kept apart from the full one
+    return '; '.join(_pair_name(pair) for pair in pairs)
 
 
-def _cached_choice(section: Optional[str],
-                   probe_matmul: Optional[Dict[str, str]] = None) -> Optional[Dict[str, str]]:
+def _cached_choice(pairs: Tuple[Pair, ...]) -> Optional[Dict[str, Pair]]:
     entry = _read_cache(cache_file()).get(machine_key(), {})
-    if section is not None:
-        entry = entry.get(section, {}) if isinstance(entry, dict) else {}
-    if isinstance(entry, dict) and all(entry.get(mode) in CPU_KERNELS for mode in MODES) and \
-            (probe_matmul is None or entry.get('probe_matmul') == probe_matmul):
-        return {mode: entry[mode] for mode in MODES}
+    entry = entry.get(_cache_section(pairs)) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    names = {_pair_name(pair): pair for pair in pairs}
+    if all(entry.get(mode) in names for mode in MODES):
+        return {mode: names[entry[mode]] for mode in MODES}
     return None
 
 
-def _measure_and_cache(section: Optional[str], measure: Callable[[], Dict[str, Dict[str, float]]],
-                       what: str, probe_matmul: Optional[Dict[str, str]] = None
-                       ) -> Dict[str, str]:
-    seconds = measure()
-    choice = {mode: min(seconds[mode], key=seconds[mode].get) for mode in MODES}
+def _measure_and_cache(pairs: Tuple[Pair, ...]) -> Dict[str, Pair]:
+    seconds = measure_cpu_kernels(pairs=pairs)
+    choice = {mode: min(pairs, key=lambda pair: seconds[mode][_pair_name(pair)])
+              for mode in MODES}
     probe = '; '.join(f'{mode}: ' + ', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in times.items())
                       for mode, times in seconds.items())
     cache = cache_file()
-    logger.info('mmkw: %s %s, measured on this machine (%s); cached in %s', what, choice, probe,
-                cache)
-    # read again: the other choice may have been written since
+    logger.info('mmkw: CPU kernels %s, measured on this machine (%s); cached in %s',
+                {mode: _pair_name(pair) for mode, pair in choice.items()}, probe, cache)
+    # read again: another process may have written since
     cached = _read_cache(cache)
     entry = cached.get(machine_key())
     entry = entry if isinstance(entry, dict) else {}
-    if section is None:
-        entry.update(choice, seconds=seconds, probe_matmul=probe_matmul)
-    else:
-        entry[section] = dict(choice, seconds=seconds)
+    entry[_cache_section(pairs)] = dict({mode: _pair_name(pair) for mode, pair in choice.items()},
+                                        seconds=seconds)
     cached[machine_key()] = entry
     _write_cache(cache, cached)
     return choice
@@ -247,77 +246,39 @@ def _forcing(kernels: Optional[str], matmul: Optional[str]) -> Iterator[None]:
         _forced, _forced_matmul = previous
 
 
-# The matmuls of the probe: the assembly of a KW ResNet-18's stage-3 and stage-4 3x3 kernels at
-# batch 8 (rows: samples x mixtures, inner: warehouse cells, columns: a cell's numbers) and the
-# warehouse matmul of its stage-4 mixed-input path (rows: c_out, inner: cells x c_in,
-# columns: samples x positions).
-MATMUL_PROBE_SHAPES = ((72, 47, 256 * 256), (72, 27, 512 * 512), (512, 27 * 512, 8 * 49))
-
-
-def measure_matmul_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str, float]]:
-    """Seconds of the probe's matmuls (:data:`MATMUL_PROBE_SHAPES`) run as
-    :func:`~mmkw.ops.per_sample_conv.matmul2d` does with each library, forward and backward
-    (``'train'``) and forward alone (``'inference'``): medians of ``rounds`` interleaved rounds
-    after ``warmup`` untimed ones, summed over the shapes."""
-    from .per_sample_conv import matmul2d
-
-    with torch.random.fork_rng(devices=[]), torch.inference_mode(False):
-        generator = torch.Generator().manual_seed(0)
-        operands = [(torch.randn(rows, inner, generator=generator).requires_grad_(),
-                     torch.randn(inner, columns, generator=generator).requires_grad_())
-                    for rows, inner, columns in MATMUL_PROBE_SHAPES]
-
-        def train_step() -> None:
-            with torch.enable_grad():
-                for a, b in operands:
-                    out = matmul2d(a, b)
-                    torch.autograd.grad(out, (a, b), torch.ones_like(out))
-
-        def inference() -> None:
-            with torch.no_grad():
-                for a, b in operands:
-                    matmul2d(a, b)
-
-        return _time_each_library(train_step, inference,
-                                  lambda kernels: forced_cpu_kernels(None, matmul=kernels),
-                                  rounds, warmup)
-
-
-def measure_cpu_kernels(rounds: int = 3, warmup: int = 1) -> Dict[str, Dict[str, float]]:
+def measure_cpu_kernels(rounds: int = 3, warmup: int = 1,
+                        pairs: Optional[Tuple[Pair, ...]] = None
+                        ) -> Dict[str, Dict[str, float]]:
     """Seconds of a training step (forward and backward) and of an inference forward of a probe
-    with each library: ``{'train': {'blas': s, 'onednn': s}, 'inference': {...}}``, the medians
-    of ``rounds`` interleaved rounds after ``warmup`` untimed ones.
+    with each (paths, matmul) pair of libraries (default: all four): ``{'train': {'paths blas,
+    matmul onednn': s, ...}, 'inference': {...}}``, the medians of ``rounds`` interleaved rounds
+    after ``warmup`` untimed ones.
 
     The probe is the last two stages of a KW (1x) ResNet-18, where most of a KW network's time
     goes, at the benchmark's batch (8) and inputs of a 224x224 image: its warehouses' cell counts
     decide which execution paths run (see :func:`~mmkw.ops.per_sample_conv.choose_path`), so a
     probe of other shapes can prefer the wrong library. The two modes are measured apart because
-    they can disagree: on an AVX-512 EPYC a KW ResNet-18 inferred 1.18x faster with BLAS and
-    trained 1.11x faster with oneDNN.
+    they can disagree (on an AVX-512 EPYC a KW ResNet-18 inferred 1.18x faster with BLAS paths
+    and trained 1.11x faster with oneDNN ones), and the pairs in the network rather than the
+    matmuls alone, because a library's matmul can be the faster one alone and the slower one
+    between the convolutions (see the module's docstring).
     """
+    pairs = pairs or tuple((p, m) for p in CPU_KERNELS for m in CPU_KERNELS)
     # The first conv of a process may run under no_grad or inference_mode, and the user's
     # random stream must not depend on whether this machine had measured before.
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
         train_step, inference = _probe_runs()
-        return _time_each_library(train_step, inference, forced_cpu_kernels, rounds, warmup)
-
-
-def _time_each_library(train_step: Callable[[], None], inference: Callable[[], None],
-                       forcing: Callable[[str], ContextManager], rounds: int,
-                       warmup: int) -> Dict[str, Dict[str, float]]:
-    """Median seconds of each run with each library forced by ``forcing``, interleaved over
-    ``rounds`` rounds after ``warmup`` untimed ones: ``{mode: {library: seconds}}``."""
-    timings = {(mode, kernels): [] for mode in MODES for kernels in CPU_KERNELS}
-    for round_index in range(warmup + rounds):
-        for mode, run in (('train', train_step), ('inference', inference)):
-            for kernels in CPU_KERNELS:
-                with forcing(kernels):
-                    start = time.perf_counter()
-                    run()
-                    if round_index >= warmup:
-                        timings[mode, kernels].append(time.perf_counter() - start)
-    return {mode: {kernels: sorted(timings[mode, kernels])[rounds // 2]
-                   for kernels in CPU_KERNELS} for mode in MODES}
+        timings = {(mode, pair): [] for mode in MODES for pair in pairs}
+        for round_index in range(warmup + rounds):
+            for mode, run in (('train', train_step), ('inference', inference)):
+                for pair in pairs:
+                    with forced_cpu_kernels(*pair):
+                        start = time.perf_counter()
+                        run()
+                        if round_index >= warmup:
+                            timings[mode, pair].append(time.perf_counter() - start)
+    return {mode: {_pair_name(pair): sorted(timings[mode, pair])[rounds // 2] for pair in pairs}
+            for mode in MODES}
 
 
 def _probe_runs() -> Tuple[Callable[[], None], Callable[[], None]]:

@@ -13,84 +13,86 @@ from mmkw.ops import cpu_kernels as ck
 def fresh_choice(monkeypatch, tmp_path):
     """No choice measured in this process yet, the cache in a temporary folder."""
     monkeypatch.setattr(ck, '_measured', None)
-    monkeypatch.setattr(ck, '_measured_matmul', None)
     monkeypatch.setenv('MMKW_CACHE', str(tmp_path))
     monkeypatch.delenv(ck.ENV_VAR, raising=False)
     monkeypatch.delenv(ck.MATMUL_ENV_VAR, raising=False)
-    monkeypatch.setattr(ck, 'measure_matmul_kernels', lambda: timings('blas', 'onednn'))
     return tmp_path / 'cpu_kernels.json'
 
 
-def timings(train_winner, inference_winner):
-    return {mode: {kernels: 0.1 if kernels == winner else 0.2 for kernels in ck.CPU_KERNELS}
-            for mode, winner in (('train', train_winner), ('inference', inference_winner))}
+def timings(train_winner, inference_winner, measured=None):
+    """A stand-in for measure_cpu_kernels: the winners, (paths, matmul) pairs, take 0.1 s; the
+    pairs of every call are appended to ``measured``."""
+    def measure(pairs):
+        if measured is not None:
+            measured.append(pairs)
+        return {mode: {ck._pair_name(pair): 0.1 if pair == winner else 0.2 for pair in pairs}
+                for mode, winner in (('train', train_winner), ('inference', inference_winner))}
+    return measure
 
 
-def test_auto_takes_the_faster_library_per_mode_and_caches_it(fresh_choice, monkeypatch):
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('onednn', 'blas'))
-    assert ck.cpu_kernels() == 'onednn'  # autograd records: training
+def test_auto_takes_the_fastest_pair_per_mode_and_caches_it(fresh_choice, monkeypatch):
+    measured = []
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'onednn'), ('blas', 'onednn'), measured))
+    # autograd records: training
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('onednn', 'onednn')
     with torch.no_grad():
-        assert ck.cpu_kernels() == 'blas'
+        assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('blas', 'onednn')
     with torch.inference_mode():
-        assert ck.cpu_kernels() == 'blas'
-    cached = json.loads(fresh_choice.read_text())[ck.machine_key()]
-    assert (cached['train'], cached['inference']) == ('onednn', 'blas')
-    # the matmul library was measured first, on its own, and cached beside it
-    assert (cached['matmul']['train'], cached['matmul']['inference']) == ('blas', 'onednn')
-    assert ck.matmul_kernels() == 'blas'
-    with torch.no_grad():
-        assert ck.matmul_kernels() == 'onednn'
+        assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('blas', 'onednn')
+    # one measurement of all four pairs for both choices
+    assert measured == [tuple((p, m) for p in ck.CPU_KERNELS for m in ck.CPU_KERNELS)]
+    entry = json.loads(fresh_choice.read_text())[ck.machine_key()]
+    (section, cached), = entry.items()
+    assert (cached['train'], cached['inference']) == ('paths onednn, matmul onednn',
+                                                      'paths blas, matmul onednn')
+    assert set(cached['seconds']['train']) == {ck._pair_name(pair) for pair in measured[0]}
 
     # a new process reads the cache instead of measuring again
     monkeypatch.setattr(ck, '_measured', None)
-    monkeypatch.setattr(ck, '_measured_matmul', None)
 
-    def fail():
+    def fail(pairs):
         raise AssertionError('measured again despite the cache')
 
     monkeypatch.setattr(ck, 'measure_cpu_kernels', fail)
-    monkeypatch.setattr(ck, 'measure_matmul_kernels', fail)
-    assert ck.cpu_kernels() == 'onednn'
-    assert ck.matmul_kernels() == 'blas'
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('onednn', 'onednn')
     with torch.no_grad():
-        assert ck.cpu_kernels() == 'blas'
-        assert ck.matmul_kernels() == 'onednn'
+        assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('blas', 'onednn')
 
 
-def test_the_path_probe_runs_with_the_measured_matmul_library(fresh_choice, monkeypatch):
-    seen = []
+def test_a_library_fixed_by_the_environment_leaves_the_other_to_measure(fresh_choice,
+                                                                      monkeypatch):
+    measured = []
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'blas'), ('blas', 'blas'), measured))
+    monkeypatch.setenv(ck.MATMUL_ENV_VAR, 'blas')
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('onednn', 'blas')
+    assert measured == [(('blas', 'blas'), ('onednn', 'blas'))]
 
-    def measure_paths():
-        seen.append(ck.matmul_kernels())
-        return timings('blas', 'blas')
-
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', measure_paths)
-    monkeypatch.setattr(ck, 'measure_matmul_kernels', lambda: timings('onednn', 'onednn'))
-    assert ck.cpu_kernels() == 'blas'
-    assert seen == ['onednn']
-
-
-def test_paths_timed_with_another_matmul_library_are_measured_again(fresh_choice, monkeypatch):
-    # as cached by an mmkw that had one choice for both, or with MMKW_MATMUL_KERNELS forced
-    fresh_choice.write_text(json.dumps({ck.machine_key(): {
-        'train': 'onednn', 'inference': 'onednn',
-        'matmul': {'train': 'blas', 'inference': 'onednn'}}}))
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'blas'))
-    assert ck.cpu_kernels() == 'blas'
-    assert ck.matmul_kernels() == 'blas'  # the cached matmul choice stands
-    entry = json.loads(fresh_choice.read_text())[ck.machine_key()]
-    assert entry['probe_matmul'] == {'train': 'blas', 'inference': 'onednn'}
-
+    # the choice among fewer pairs does not stand for the full one, nor the other way round
     monkeypatch.setattr(ck, '_measured', None)
-    monkeypatch.setenv(ck.MATMUL_ENV_VAR, 'onednn')
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('onednn', 'blas'))
-    assert ck.cpu_kernels() == 'onednn'
+    monkeypatch.delenv(ck.MATMUL_ENV_VAR)
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'onednn'), ('blas', 'blas'), measured))
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('onednn', 'onednn')
+    assert len(measured) == 2 and len(measured[1]) == 4
+    assert len(json.loads(fresh_choice.read_text())[ck.machine_key()]) == 2
+
+
+def test_cache_of_an_older_mmkw_is_measured_again(fresh_choice, monkeypatch):
+    # one entry per library, as cached before the two were measured as a pair
+    fresh_choice.write_text(json.dumps({ck.machine_key(): {
+        'train': 'blas', 'inference': 'blas',
+        'matmul': {'train': 'blas', 'inference': 'blas'}}}))
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'onednn'), ('onednn', 'blas')))
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('onednn', 'onednn')
 
 
 def test_cache_of_another_machine_is_not_used(fresh_choice, monkeypatch):
     fresh_choice.write_text(json.dumps({'another CPU | avx2 | torch 0': {
         'train': 'onednn', 'inference': 'onednn'}}))
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'blas'))
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', timings(('blas', 'blas'), ('blas', 'blas')))
     assert ck.cpu_kernels() == 'blas'
     assert set(json.loads(fresh_choice.read_text())) == {'another CPU | avx2 | torch 0',
                                                          ck.machine_key()}
@@ -109,13 +111,13 @@ def test_instruction_set_caps_of_the_libraries_are_part_of_the_machine(monkeypat
 
 def test_unreadable_cache_is_measured_again(fresh_choice, monkeypatch):
     fresh_choice.write_text('{not json')
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('blas', 'onednn'))
-    assert ck.cpu_kernels() == 'blas'
+    monkeypatch.setattr(ck, 'measure_cpu_kernels', timings(('blas', 'onednn'), ('blas', 'blas')))
+    assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('blas', 'onednn')
 
 
 def test_environment_and_forced_choice_override_the_measurement(fresh_choice, monkeypatch):
-    monkeypatch.setattr(ck, 'measure_cpu_kernels', lambda: timings('onednn', 'onednn'))
-    monkeypatch.setattr(ck, 'measure_matmul_kernels', lambda: timings('onednn', 'onednn'))
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'onednn'), ('onednn', 'onednn')))
     monkeypatch.setenv(ck.ENV_VAR, 'blas')
     monkeypatch.setenv(ck.MATMUL_ENV_VAR, 'blas')
     assert (ck.cpu_kernels(), ck.matmul_kernels()) == ('blas', 'blas')
@@ -133,7 +135,7 @@ def test_environment_and_forced_choice_override_the_measurement(fresh_choice, mo
 
 
 @pytest.mark.slow
-def test_measurement_times_both_libraries_in_both_modes():
+def test_measurement_times_every_pair_in_both_modes():
     # as when a process's first KW conv runs in inference; the caller's random stream is kept
     torch.manual_seed(1)
     expected = torch.rand(3)
@@ -142,23 +144,16 @@ def test_measurement_times_both_libraries_in_both_modes():
         seconds = ck.measure_cpu_kernels(rounds=1, warmup=0)
     torch.testing.assert_close(torch.rand(3), expected)
     assert set(seconds) == set(ck.MODES)
+    pairs = {ck._pair_name((p, m)) for p in ck.CPU_KERNELS for m in ck.CPU_KERNELS}
     for mode in ck.MODES:
-        assert set(seconds[mode]) == set(ck.CPU_KERNELS)
+        assert set(seconds[mode]) == pairs
         assert all(value > 0 for value in seconds[mode].values())
     # a training step does more than an inference forward
-    assert seconds['train']['blas'] > seconds['inference']['blas']
-
-
-def test_matmul_measurement_times_both_libraries_in_both_modes():
-    torch.manual_seed(1)
-    expected = torch.rand(3)
-    torch.manual_seed(1)
-    with torch.inference_mode():
-        seconds = ck.measure_matmul_kernels(rounds=1, warmup=0)
-    torch.testing.assert_close(torch.rand(3), expected)
-    for mode in ck.MODES:
-        assert set(seconds[mode]) == set(ck.CPU_KERNELS)
-        assert all(value > 0 for value in seconds[mode].values())
+    name = ck._pair_name(('blas', 'blas'))
+    assert seconds['train'][name] > seconds['inference'][name]
+    # fewer pairs where a library is fixed
+    assert set(ck.measure_cpu_kernels(rounds=1, warmup=0, pairs=(('blas', 'onednn'),))[
+        'train']) == {ck._pair_name(('blas', 'onednn'))}
 
 
 def test_both_libraries_give_the_same_conv():
