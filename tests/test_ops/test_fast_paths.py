@@ -209,6 +209,12 @@ def test_path_choice_follows_the_cost_model():
     assert psc.choose_path(16, 49, 27, grid, cell, 1) == 'mixture'
     assert psc.choose_path(16, 49, 27, grid, cell, 1, onednn=True) == 'mixed_input'
     assert psc.choose_path(16, 196, 47, grid, (256, 256, 1, 1), 1, onednn=True) == 'assembled'
+    # one sample's kernel is as cheap as its mixed input, and runs as a plain conv
+    assert psc.choose_path(1, 49, 27, grid, cell, 1, onednn=True) == 'assembled'
+    assert psc.choose_path(1, 4, 27, grid, cell, 1) == 'mixture'
+    assert psc.choose_path(2, 4, 27, grid, cell, 1) == 'mixed_input'
+    with psc.export_formulation():
+        assert psc.choose_path(1, 4, 27, grid, cell, 1) == 'mixed_input'
     # grouped convs and whole-kernel cells always assemble
     assert psc.choose_path(16, 4, 27, grid, cell, 2) == 'assembled'
     assert psc.choose_path(16, 4, 27, (1, 1, 1), (512, 512, 3, 3), 1) == 'assembled'
