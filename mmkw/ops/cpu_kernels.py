@@ -47,16 +47,18 @@ MATMUL_ENV_VAR = 'MMKW_MATMUL_KERNELS'
 
 logger = logging.getLogger(__name__)
 
+MODES = ('train', 'inference')
+# (library of the per-sample paths, library of the matmuls)
+Pair = Tuple[str, str]
+ALL_PAIRS: Tuple[Pair, ...] = tuple((paths, matmul) for paths in CPU_KERNELS
+                                    for matmul in CPU_KERNELS)
+
 # set while a probe times one library: every dynamic conv then runs with it
 _forced: Optional[str] = None
 _forced_matmul: Optional[str] = None
 # the measured (paths, matmul) choice of this process by mode, once known (plain constants
 # for torch.compile)
-_measured: Optional[Dict[str, 'Pair']] = None
-
-MODES = ('train', 'inference')
-# (library of the per-sample paths, library of the matmuls)
-Pair = Tuple[str, str]
+_measured: Optional[Dict[str, Pair]] = None
 
 # environment variables that cap the instruction sets of torch's libraries (part of the key)
 ISA_CAP_ENV_VARS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
@@ -98,8 +100,8 @@ def candidates() -> Tuple[Pair, ...]:
     """The (paths, matmul) pairs the measurement chooses from: all four, less those that
     ``$MMKW_CPU_KERNELS`` or ``$MMKW_MATMUL_KERNELS`` rule out."""
     paths, matmul = _environment_choice(ENV_VAR), _environment_choice(MATMUL_ENV_VAR)
-    return tuple((p, m) for p in CPU_KERNELS for m in CPU_KERNELS
-                 if paths in ('auto', p) and matmul in ('auto', m))
+    return tuple(pair for pair in ALL_PAIRS if paths in ('auto', pair[0]) and
+                 matmul in ('auto', pair[1]))
 
 
 def instruction_set_guess() -> str:
@@ -263,7 +265,7 @@ def measure_cpu_kernels(rounds: int = 3, warmup: int = 1,
     matmuls alone, because a library's matmul can be the faster one alone and the slower one
     between the convolutions (see the module's docstring).
     """
-    pairs = pairs or tuple((p, m) for p in CPU_KERNELS for m in CPU_KERNELS)
+    pairs = pairs or ALL_PAIRS
     # The first conv of a process may run under no_grad or inference_mode, and the user's
     # random stream must not depend on whether this machine had measured before.
     with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
