@@ -19,10 +19,20 @@ and for inference apart, once per machine:
   or as oneDNN 1x1 convolutions.
 
 They are chosen as a pair in the network because neither the instruction set nor the matmuls
-timed alone tell: on a 2-core Intel Xeon with AVX-512 and AMX, oneDNN's 1x1 convolution ran the
-assembly 2-7x slower than MKL, while on a 2-core AMD EPYC of family 26 (AVX-512) it was 1.4x
-slower alone, yet the KW ResNet-18 probe trained 1.14x faster with it between oneDNN's
-convolutions, and a KW ResNet-18 1.17x faster.
+timed alone tell in training: on a 2-core Intel Xeon with AVX-512 and AMX, oneDNN's 1x1
+convolution ran the assembly 2-7x slower than MKL, while on a 2-core AMD EPYC of family 26
+(AVX-512) it was 1.4x slower alone, yet the KW ResNet-18 probe trained 1.14x faster with it
+between oneDNN's convolutions, and a KW ResNet-18 1.17x faster.
+
+In inference the products run forward only, and a product timed alone tells which library
+runs it faster, which depends on its shape: a matmul of at least ``MATMUL_TIMING_MIN_MACS``
+takes the other library than the pair's where that one is clearly faster, timed the first time
+the shape comes (:func:`matmul_library`). On a 2-core AMD EPYC of family 25 the ResNet-18
+probe could not tell the matmul libraries apart in inference (3%) and chose oneDNN, which ran
+the 32 x 24 x 590k assembly of a KW ConvNeXt-T's stage-4 pointwise convs 2x slower than BLAS;
+with the shapes timed, the network inferred 1.07x faster (interleaved A/B, one process). In
+training the same timing (forward and backward) moved nothing in that A/B (1.00x for ConvNeXt-T
+and KW 1x ResNet-18), so training keeps the pair's library everywhere.
 
 The results are kept in ``$MMKW_CACHE/cpu_kernels.json`` (default ``~/.cache/mmkw``), keyed by
 CPU model, instruction sets (with oneDNN's and MKL's caps), torch version and thread count.
@@ -40,6 +50,7 @@ from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 CPU_KERNELS = ('blas', 'onednn')
 ENV_VAR = 'MMKW_CPU_KERNELS'
@@ -59,6 +70,16 @@ _forced_matmul: Optional[str] = None
 # the measured (paths, matmul) choice of this process by mode, once known (plain constants
 # for torch.compile)
 _measured: Optional[Dict[str, Pair]] = None
+
+# inference: the matmul library by (rows, inner, columns, dtype), timed on first use
+_inference_matmuls: Dict[Tuple[int, int, int, str], str] = {}
+# Smaller matmuls are not timed (they take the measured pair's library): timing them costs
+# more than either library could save.
+MATMUL_TIMING_MIN_MACS = 2**24
+# A shape leaves the measured pair's matmul library only for one this much faster alone: the
+# pair was measured in a network, where a library's products can also speed up or slow down the
+# convolutions around them, which timing a product alone does not see.
+MATMUL_SHAPE_MARGIN = 1.25
 
 # environment variables that cap the instruction sets of torch's libraries (part of the key)
 ISA_CAP_ENV_VARS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
@@ -83,6 +104,58 @@ def matmul_kernels() -> str:
         return _forced_matmul
     choice = _environment_choice(MATMUL_ENV_VAR)
     return measured_choices()[_mode()][1] if choice == 'auto' else choice
+
+
+def matmul_library(a: torch.Tensor, b: torch.Tensor,
+                   products: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+                   ) -> str:
+    """The library ('blas' or 'onednn') that runs ``a @ b``, given ``products``, the product
+    of two matrices by each library.
+
+    In training, while it is fixed (a probe, ``$MMKW_MATMUL_KERNELS``), while ``torch.compile``
+    traces and for products of fewer than ``MATMUL_TIMING_MIN_MACS`` multiply-adds:
+    :func:`matmul_kernels`, measured in a network. In inference otherwise, that library unless
+    the other ran this shape ``MATMUL_SHAPE_MARGIN`` times faster: both are timed
+    (interleaved, median of three after one untimed run) the first time a shape comes in this
+    process, out of sight of dispatch modes (FLOP counters must not count the timing). Both are
+    exact; only speed depends on the choice.
+    """
+    if _mode() == 'train' or _forced_matmul is not None or torch.compiler.is_compiling() or \
+            _environment_choice(MATMUL_ENV_VAR) != 'auto':
+        return matmul_kernels()
+    rows, inner = a.shape
+    if rows * inner * b.shape[1] < MATMUL_TIMING_MIN_MACS:
+        return matmul_kernels()
+    key = (rows, inner, b.shape[1], str(a.dtype))
+    choice = _inference_matmuls.get(key)
+    if choice is None:
+        with _disable_current_modes():
+            seconds = _time_products(products, a, b)
+        choice = measured = matmul_kernels()
+        fastest = min(seconds, key=seconds.get)
+        if seconds[fastest] * MATMUL_SHAPE_MARGIN < seconds[measured]:
+            choice = fastest
+        _inference_matmuls[key] = choice
+    return choice
+
+
+def _time_products(products: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]],
+                   a: torch.Tensor, b: torch.Tensor, rounds: int = 3) -> Dict[str, float]:
+    seconds = {name: [] for name in products}
+    for round_index in range(rounds + 1):
+        for name, product in products.items():
+            start = time.perf_counter()
+            product(a, b)
+            if round_index:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: sorted(times)[rounds // 2] for name, times in seconds.items()}
+
+
+def inference_matmul_choices() -> Dict[str, str]:
+    """The library chosen so far for each timed inference matmul shape,
+    ``{'rows x inner x columns dtype': 'blas' | 'onednn'}``."""
+    return {f'{rows} x {inner} x {cols} {dtype}': choice
+            for (rows, inner, cols, dtype), choice in sorted(_inference_matmuls.items())}
 
 
 def _mode() -> str:
@@ -167,12 +240,14 @@ def _measure_and_cache(pairs: Tuple[Pair, ...]) -> Dict[str, Pair]:
 
 def choices_in_effect() -> Dict[str, object]:
     """What the dynamic convs of this process run with, for reports: the machine
-    (:func:`machine_key`) and the path and matmul libraries by mode."""
+    (:func:`machine_key`), the path and matmul libraries by mode, and the libraries of the
+    inference matmuls timed by shape (:func:`inference_matmul_choices`)."""
     paths, matmuls = {}, {}
     for mode in MODES:
         with torch.set_grad_enabled(mode == 'train'):
             paths[mode], matmuls[mode] = cpu_kernels(), matmul_kernels()
-    return dict(cpu=machine_key(), cpu_kernels=paths, matmul_kernels=matmuls)
+    return dict(cpu=machine_key(), cpu_kernels=paths, matmul_kernels=matmuls,
+                inference_matmuls_by_shape=inference_matmul_choices())
 
 
 def machine_key() -> str:

@@ -21,7 +21,8 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import CPU_KERNELS, cpu_kernels, matmul_kernels  # noqa: F401 (re-exported)
+from .cpu_kernels import (CPU_KERNELS, cpu_kernels, matmul_kernels,  # noqa: F401 (re-exported)
+                          matmul_library)
 
 # Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
 # library (see CPU_KERNELS). A depthwise one always does: as im2col and a batched matmul it would
@@ -47,15 +48,19 @@ ONEDNN_MATMUL_MIN_ROWS = 32
 
 def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for ``a`` ``[M, K]`` and a contiguous ``b`` ``[K, N]``, as a 1x1 convolution
-    where oneDNN is the faster matmul library (:func:`~mmkw.ops.cpu_kernels.matmul_kernels`)."""
+    where oneDNN is the faster matmul library (:func:`~mmkw.ops.cpu_kernels.matmul_library`)."""
     # the export formulation first: under torch.export a comparison on the rows, which count
     # samples, would put a guard on the batch size into the graph
-    if not in_export_formulation() and a.device.type == 'cpu' and \
-            a.shape[0] >= ONEDNN_MATMUL_MIN_ROWS and not in_release_formulation() and \
-            matmul_kernels() == 'onednn':
-        rows, inner = a.shape
-        return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
-    return torch.mm(a, b)
+    if in_export_formulation() or a.device.type != 'cpu' or \
+            a.shape[0] < ONEDNN_MATMUL_MIN_ROWS or in_release_formulation():
+        return torch.mm(a, b)
+    products = {'blas': torch.mm, 'onednn': _onednn_matmul}
+    return products[matmul_library(a, b, products)](a, b)
+
+
+def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    rows, inner = a.shape
+    return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
 
 
 # Flags that the code being run sets around a region (also during a recomputation in the
@@ -304,7 +309,14 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     # once either way and then runs as one plain convolution (the release's way), so one sample
     # never mixes: a KW ResNet-18 at batch 1 inferred 1.13x (AVX-512) and 1.67x (AVX2) slower
     # with its 14x14 and 7x7 maps mixed. Exported graphs keep one path for every batch size.
-    if (in_export_formulation() or batch > 1) and mixed_cost <= max_ratio * assembled_cost:
+    # Mixing also writes the output once more, permuted out of the warehouse matmul's layout,
+    # where assembling writes and reads B x params kernel numbers: it only pays where a
+    # sample's output (C_out x positions numbers) is smaller than its kernel (C_out x fan-in).
+    # A KW ConvNeXt-T's 4x4 stem and first 2x2 downsampling conv (4 and 16 cells, so about as
+    # many multiply-adds either way, on 56x56 and 28x28 maps) ran 2.2x and 1.4x slower mixed.
+    smaller_output = positions < spatial * groups_in * cell_shape[1]
+    if (in_export_formulation() or batch > 1) and smaller_output and \
+            mixed_cost <= max_ratio * assembled_cost:
         return 'mixed_input'
     return 'mixture' if positions <= MIXTURE_MAX_POSITIONS and not onednn else 'assembled'
 

@@ -171,3 +171,54 @@ def test_both_libraries_give_the_same_conv():
                 outputs[kernels, matmul] = owner.depthwise(owner.conv(x))
     for output in outputs.values():
         torch.testing.assert_close(output, outputs['blas', 'blas'], atol=1e-5, rtol=1e-5)
+
+
+def test_inference_matmuls_take_the_clearly_faster_library_by_shape(fresh_choice, monkeypatch):
+    # measured pair: oneDNN matmuls; a shape leaves them only for BLAS 1.25x faster alone
+    monkeypatch.setattr(ck, 'measure_cpu_kernels',
+                        timings(('onednn', 'onednn'), ('blas', 'onednn')))
+    monkeypatch.setattr(ck, '_inference_matmuls', {})
+    monkeypatch.setattr(ck, 'MATMUL_TIMING_MIN_MACS', 50000)
+    blas_seconds = {(32, 24, 600): 0.5, (32, 24, 700): 0.9}
+    timed = []
+
+    def time_products(products, a, b):
+        timed.append(tuple(a.shape) + (b.shape[1], ))
+        return {'onednn': 1.0, 'blas': blas_seconds[timed[-1]]}
+
+    monkeypatch.setattr(ck, '_time_products', time_products)
+    products = dict.fromkeys(ck.CPU_KERNELS, torch.mm)
+    a, b600, b700 = torch.randn(32, 24), torch.randn(24, 600), torch.randn(24, 700)
+    with torch.no_grad():
+        assert ck.matmul_library(a, b600, products) == 'blas'
+        assert ck.matmul_library(a, b700, products) == 'onednn'  # 1.1x: within the margin
+        assert ck.matmul_library(a, b600, products) == 'blas'  # timed once per shape
+        assert ck.matmul_library(a, b600[:, :20], products) == 'onednn'  # too small to time
+    assert timed == [(32, 24, 600), (32, 24, 700)]
+    assert ck.choices_in_effect()['inference_matmuls_by_shape'] == {
+        '32 x 24 x 600 torch.float32': 'blas', '32 x 24 x 700 torch.float32': 'onednn'}
+    # training keeps the pair's library, as do a fixed library and a probe
+    assert ck.matmul_library(a, b600, products) == 'onednn'
+    with torch.no_grad(), ck.forced_cpu_kernels(None, matmul='onednn'):
+        assert ck.matmul_library(a, b600, products) == 'onednn'
+    monkeypatch.setenv(ck.MATMUL_ENV_VAR, 'onednn')
+    with torch.no_grad():
+        assert ck.matmul_library(a, b600, products) == 'onednn'
+    assert len(timed) == 2
+
+
+def test_timing_a_matmul_is_invisible_to_flop_counters(monkeypatch):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmkw.ops import per_sample_conv as psc
+    monkeypatch.setattr(ck, '_inference_matmuls', {})
+    monkeypatch.setattr(ck, 'MATMUL_TIMING_MIN_MACS', 0)
+    monkeypatch.setattr(ck, '_forced_matmul', None)
+    monkeypatch.delenv(ck.MATMUL_ENV_VAR, raising=False)
+    monkeypatch.setattr(ck, 'matmul_kernels', lambda: 'onednn')
+    a, b = torch.randn(40, 24), torch.randn(24, 300)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        out = psc.matmul2d(a, b)
+    assert len(ck._inference_matmuls) == 1  # it was timed, in the counter's scope
+    assert counter.get_total_flops() == 2 * 40 * 24 * 300
+    torch.testing.assert_close(out, a @ b, atol=1e-5, rtol=1e-5)

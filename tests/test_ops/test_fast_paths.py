@@ -215,6 +215,11 @@ def test_path_choice_follows_the_cost_model():
     assert psc.choose_path(2, 4, 27, grid, cell, 1) == 'mixed_input'
     with psc.export_formulation():
         assert psc.choose_path(1, 4, 27, grid, cell, 1) == 'mixed_input'
+    # KW ConvNeXt-T's 4x4 stem (16 cells of 96x3) at 56x56 and last 2x2 downsampling conv (4
+    # cells of 768x384) at 7x7: about as many multiply-adds either way, but the stem's output
+    # outweighs its kernel, so it assembles
+    assert psc.choose_path(8, 3136, 16, (16, 1, 1), (96, 3, 1, 1), 1, onednn=True) == 'assembled'
+    assert psc.choose_path(8, 49, 4, (4, 1, 1), (768, 384, 1, 1), 1, onednn=True) == 'mixed_input'
     # grouped convs and whole-kernel cells always assemble
     assert psc.choose_path(16, 4, 27, grid, cell, 2) == 'assembled'
     assert psc.choose_path(16, 4, 27, (1, 1, 1), (512, 512, 3, 3), 1) == 'assembled'
