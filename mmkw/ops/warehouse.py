@@ -83,7 +83,7 @@ class WarehouseManager(nn.Module):
             more assembly per conv and step for a much smaller peak memory (see
             :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False, or 'auto'
             (default): recompute the convs whose kernels (or mixed input) for the batch exceed
-            ``RECOMPUTE_MIN_NUMEL`` (16 MiB in fp32); smaller ones cost little to keep.
+            ``RECOMPUTE_MIN_NUMEL`` (32 MiB in fp32); smaller ones cost little to keep.
         attention_extra_heads: KW* (Table 17, a reconstruction): every attention also gets
             ODConv-style heads (sigmoid, with bias) over the input channels, output channels and
             kernel positions of its conv.
