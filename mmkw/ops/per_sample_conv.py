@@ -312,7 +312,7 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     # Mixing also writes the output once more, permuted out of the warehouse matmul's layout,
     # where assembling writes and reads B x params kernel numbers: it only pays where a
     # sample's output (C_out x positions numbers) is smaller than its kernel (C_out x fan-in).
-    # A KW ConvNeXt-T's 4x4 stem and first 2x2 downsampling conv (4 and 16 cells, so about as
+    # A KW ConvNeXt-T's 4x4 stem and first 2x2 downsampling conv (16 and 4 cells, so about as
     # many multiply-adds either way, on 56x56 and 28x28 maps) ran 2.2x and 1.4x slower mixed.
     smaller_output = positions < spatial * groups_in * cell_shape[1]
     if (in_export_formulation() or batch > 1) and smaller_output and \
