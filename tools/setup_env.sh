@@ -5,7 +5,7 @@
 # mmcv 2.1.0 has no wheels on PyPI, so it is built from its sdist once and the wheel is kept in
 # $MMKW_CACHE (default ~/.cache/mmkw), outside the repo, for later runs. A CPU-only build
 # compiles only the C++ ops that mmdet and mmpretrain run on a CPU (tools/mmcv_ops_subset.py:
-# RoIAlign, NMS, deformable convs; ~1 min on 2 cores); MMKW_MMCV_OPS=all builds every op
+# RoIAlign, NMS, deformable convs; ~2 min on 2 cores); MMKW_MMCV_OPS=all builds every op
 # (~7 min), MMKW_MMCV_OPS="op ..." a list of them.
 set -euo pipefail
 
