@@ -27,7 +27,7 @@ import os
 import os.path as osp
 import re
 import sys
-from typing import Iterable, List, Set, Tuple
+from typing import Iterable, List, Set
 
 # C++ ops (file stems under mmcv/ops/csrc/pytorch) that mmdet 3.3 and mmpretrain 1.2 call and
 # that have CPU kernels in mmcv 2.1.0
@@ -106,10 +106,9 @@ def _statement_end(text: str, start: int) -> int:
     raise ValueError(f'unterminated statement at offset {start}')
 
 
-def filter_bindings(pybind: str, keep: Set[str]) -> Tuple[str, List[str]]:
-    """``pybind`` with only the ``m.def`` bindings of functions in ``keep``; returns the new
-    text and the names of the bindings removed."""
-    pieces, removed, position = [], [], 0
+def filter_bindings(pybind: str, keep: Set[str]) -> str:
+    """``pybind`` with only the ``m.def`` bindings of functions in ``keep``."""
+    pieces, position = [], 0
     for match in re.finditer(r'^[ \t]*m\.def\(', pybind, re.M):
         if match.start() < position:
             continue
@@ -122,12 +121,11 @@ def filter_bindings(pybind: str, keep: Set[str]) -> Tuple[str, List[str]]:
         if bound.group(1) in keep:
             pieces.append(statement)
         else:
-            removed.append(re.match(r'\s*m\.def\(\s*"(\w+)"', statement).group(1))
             # drop the line break that ended the statement too
             end += pybind[end:end + 1] == '\n'
         position = end
     pieces.append(pybind[position:])
-    return ''.join(pieces), removed
+    return ''.join(pieces)
 
 
 def patch_ext_loader(text: str, built_ops: Iterable[str]) -> str:
@@ -162,7 +160,7 @@ def trim(source_dir: str, ops: Iterable[str]) -> List[str]:
             os.remove(path)
             deleted.append(path)
     with open(pybind_path) as f:
-        pybind, _ = filter_bindings(f.read(), kept_functions)
+        pybind = filter_bindings(f.read(), kept_functions)
     with open(pybind_path, 'w') as f:
         f.write(pybind)
     with open(loader_path) as f:

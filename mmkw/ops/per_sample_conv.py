@@ -54,13 +54,16 @@ def matmul2d(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if in_export_formulation() or a.device.type != 'cpu' or \
             a.shape[0] < ONEDNN_MATMUL_MIN_ROWS or in_release_formulation():
         return torch.mm(a, b)
-    products = {'blas': torch.mm, 'onednn': _onednn_matmul}
-    return products[matmul_library(a, b, products)](a, b)
+    return _MATMULS[matmul_library(a, b, _MATMULS)](a, b)
 
 
 def _onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     rows, inner = a.shape
     return F.conv2d(b.reshape(1, inner, 1, -1), a.reshape(rows, inner, 1, 1)).view(rows, -1)
+
+
+# the same product by each library, as matmul_library times and picks them
+_MATMULS = {'blas': torch.mm, 'onednn': _onednn_matmul}
 
 
 # Flags that the code being run sets around a region (also during a recomputation in the
