@@ -75,6 +75,34 @@ MEMORY_MODES = ['keep', 'recompute']
 @pytest.mark.parametrize('memory', MEMORY_MODES)
 @pytest.mark.parametrize('kernels', psc.CPU_KERNELS)
 def test_fast_path_matches_reference(case, mode, memory, kernels, monkeypatch):
+    check_against_reference(case, mode, memory, kernels, monkeypatch)
+
+
+MIXED_INPUT_CASES = CASES[-3:]
+
+
+@pytest.mark.parametrize('case', MIXED_INPUT_CASES, ids=lambda c: '-'.join(map(str, c)))
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+@pytest.mark.parametrize('memory', MEMORY_MODES)
+@pytest.mark.parametrize('by_cell', [True, False], ids=['by-cell', 'one-matmul'])
+def test_mixed_input_warehouse_products_match_reference(case, mode, memory, by_cell,
+                                                        monkeypatch):
+    # both ways of applying the warehouse, whatever the rule would pick for these sizes
+    monkeypatch.setattr(psc, 'warehouse_by_cell', lambda columns, cell_in: by_cell)
+    check_against_reference(case, mode, memory, 'blas', monkeypatch)
+
+
+def test_warehouse_by_cell_for_few_columns():
+    # the cell-ordered warehouse is copied once forward and its gradient once backward, so
+    # the sum of partial products pays up to twice as many columns in training
+    assert psc.warehouse_by_cell(512, 512) and not psc.warehouse_by_cell(513, 512)
+    with torch.no_grad():
+        assert psc.warehouse_by_cell(256, 512) and not psc.warehouse_by_cell(257, 512)
+    with psc.export_formulation():
+        assert not psc.warehouse_by_cell(16, 512)
+
+
+def check_against_reference(case, mode, memory, kernels, monkeypatch):
     in_ch, out_ch, kernel, stride, groups, budget, basis, size = case
     monkeypatch.setenv('MMKW_CPU_KERNELS', kernels)
     monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
@@ -233,9 +261,10 @@ def test_matmul2d(kernels, monkeypatch):
     monkeypatch.setenv('MMKW_MATMUL_KERNELS', kernels)
     calls = []
     monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
-    b = torch.randn(27, 300)
-    for rows in (8, 64):  # a 1x1 conv from ONEDNN_MATMUL_MIN_ROWS rows on
+    # a 1x1 conv from ONEDNN_MATMUL_MIN_ROWS rows and ONEDNN_MATMUL_MIN_COLUMNS columns on
+    for rows, columns in ((8, 300), (64, 300), (64, 16)):
         a = torch.randn(rows, 27, requires_grad=True)
+        b = torch.randn(27, columns)
         torch.testing.assert_close(psc.matmul2d(a, b), a @ b, atol=1e-5, rtol=1e-5)
     assert calls == (['conv2d'] if kernels == 'onednn' else [])
 
