@@ -62,7 +62,9 @@ test_dataloader = val_dataloader
 test_evaluator = val_evaluator
 
 max_epochs = 6
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05))
+# fused: torch's one-pass AdamW, also on the CPU; the default loops over tensors op by op and took
+# 29 ms of a ~300 ms step here against 8.5 ms fused (11.4M parameters, EPYC of family 25)
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=4e-3, weight_decay=0.05, fused=True))
 param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=max_epochs, eta_min=1e-5,
          convert_to_iter_based=True),

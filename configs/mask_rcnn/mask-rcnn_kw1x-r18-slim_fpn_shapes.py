@@ -28,16 +28,11 @@ model = dict(
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
     # torchvision's RoIAlign (the same sampling, multi-threaded): mmcv's CPU kernels took 55% of
-    # a training step here, and the step ran 1.9x faster with torchvision's on a 2-core Xeon.
-    # 2x2 samples per bin (mmdet 1.x's choice) instead of one per feature pixel a bin spans: the
-    # RoIAlign backward, a serial scatter, was then a quarter of a plain ResNet-18 step, which
-    # ran 1.2x faster with 2x2 (0.37 -> 0.31 s, EPYC of family 25).
+    # a training step here, and the step ran 1.9x faster with torchvision's on a 2-core Xeon
     roi_head=dict(
-        bbox_roi_extractor=dict(
-            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
+        bbox_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
-        mask_roi_extractor=dict(
-            out_channels=width, roi_layer=dict(sampling_ratio=2, use_torchvision=True)),
+        mask_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
         mask_head=dict(num_convs=2, in_channels=width, conv_out_channels=width,
                        num_classes=3)),
     train_cfg=dict(
@@ -97,7 +92,8 @@ val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=8e-4, betas=(0.9, 0.999), weight_decay=0.05),
+    # fused: one pass per tensor, as for the digits pretraining
+    optimizer=dict(type='AdamW', lr=8e-4, betas=(0.9, 0.999), weight_decay=0.05, fused=True),
     paramwise_cfg=dict(norm_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
