@@ -27,12 +27,13 @@ model = dict(
         init_cfg=dict(type='Pretrained', prefix='backbone.', checkpoint=pretrained)),
     neck=dict(in_channels=[64, 128, 256, 512], out_channels=width),
     rpn_head=dict(in_channels=width, feat_channels=width),
-    # torchvision's RoIAlign (the same sampling, multi-threaded): mmcv's CPU kernels took 55% of
-    # a training step here, and the step ran 1.9x faster with torchvision's on a 2-core Xeon
+    # RoIAlign with torchvision's forward pass (mmcv's CPU kernels took 55% of a training step
+    # on a 2-core Xeon) and mmkw's vectorised backward pass (torchvision's then took a quarter of
+    # a plain ResNet-18 step): the same sampling and results, see mmkw/ops/roi_align.py
     roi_head=dict(
-        bbox_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
+        bbox_roi_extractor=dict(type='CPUSingleRoIExtractor', out_channels=width),
         bbox_head=dict(in_channels=width, fc_out_channels=256, num_classes=3),
-        mask_roi_extractor=dict(out_channels=width, roi_layer=dict(use_torchvision=True)),
+        mask_roi_extractor=dict(type='CPUSingleRoIExtractor', out_channels=width),
         mask_head=dict(num_convs=2, in_channels=width, conv_out_channels=width,
                        num_classes=3)),
     train_cfg=dict(
