@@ -47,12 +47,12 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.registry import MODELS
 from torch.nn.modules.utils import _pair
 
 from .norm_guard import check_norm_batch
+from .per_sample_conv import single_pixel_aware_conv2d
 
 IntPair = Union[int, Tuple[int, int]]
 
@@ -324,8 +324,8 @@ class KDNAChildConv2d(nn.Module):
             kernel = self.derived_kernel()
         if self.gate is not None:
             x = x * self.gate(x)
-        return F.conv2d(x, kernel.to(x.dtype), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return single_pixel_aware_conv2d(x, kernel.to(x.dtype), self.bias, self.stride,
+                                         self.padding, self.dilation, self.groups)
 
     def __prepare_scriptable__(self):
         # torch.jit.script calls this before compiling: say what works instead (the parent

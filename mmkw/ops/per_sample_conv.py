@@ -156,6 +156,24 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def single_pixel_aware_conv2d(x: torch.Tensor, weight: torch.Tensor,
+                              bias: Optional[torch.Tensor], stride: Tuple[int, int],
+                              padding: Tuple[int, int], dilation: Tuple[int, int],
+                              groups: int) -> torch.Tensor:
+    """``F.conv2d`` (one kernel for the batch), as a matmul with the kernel's centre tap where
+    a 1x1 map meets only that tap (a 'same'-padded kxk conv on the last stage of a network on
+    8x8 images): oneDNN convolves all kh x kw taps and computes the gradient of every one, the
+    zero ones too. A KernelDNA ResNet-18's stage-4 3x3 convs on the digits demo's 1x1 maps took
+    12.6 ms backward on 2 cores capped to AVX2 (5 ms with AVX-512); as a matmul, well under 1."""
+    kh, kw = weight.shape[-2:]
+    if x.shape[-2:] == (1, 1) and groups == 1 and not in_export_formulation() and \
+            padding[0] == dilation[0] * (kh - 1) // 2 == dilation[0] * (kh - 1) / 2 and \
+            padding[1] == dilation[1] * (kw - 1) // 2 == dilation[1] * (kw - 1) / 2:
+        out = F.linear(x.flatten(1), weight[:, :, kh // 2, kw // 2], bias)
+        return out.view(*out.shape, 1, 1)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
 def per_sample_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, int],
                       padding: Tuple[int, int], dilation: Tuple[int, int],
                       groups: int) -> torch.Tensor:
@@ -279,13 +297,14 @@ def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Te
     # z laid out [j, cell_in, (b, o, l)], so that the warehouse applies in one product
     mixed = torch.einsum('bsocj,bcisl->jibol', alpha, cols)
     columns = batch * groups_out * positions
-    with keep_output():
-        if warehouse_by_cell(columns, cell_in):
-            out = torch.bmm(cells.view(num_cells, cell_out, cell_in),
-                            mixed.reshape(num_cells, cell_in, columns)).sum(0)
-        else:
-            warehouse = cells.reshape(num_cells, cell_out, cell_in).transpose(0, 1)
-            warehouse = warehouse.reshape(cell_out, num_cells * cell_in)
+    if warehouse_by_cell(columns, cell_in):
+        # not kept by a recomputing backward: the partial products are n times the output
+        out = torch.bmm(cells.view(num_cells, cell_out, cell_in),
+                        mixed.reshape(num_cells, cell_in, columns)).sum(0)
+    else:
+        warehouse = cells.reshape(num_cells, cell_out, cell_in).transpose(0, 1)
+        warehouse = warehouse.reshape(cell_out, num_cells * cell_in)
+        with keep_output():
             out = matmul2d(warehouse, mixed.reshape(num_cells * cell_in, columns))
     out = out.view(cell_out, batch, groups_out, positions).permute(1, 2, 0, 3)
     return out.reshape(batch, groups_out * cell_out, out_h, out_w)
@@ -299,7 +318,7 @@ def warehouse_by_cell(columns: int, cell_in: int) -> bool:
     numbers out of the cell order ``[n, c_out, c_in]``, and its gradient copied back in
     training; by cell, the partial products ``[n, c_out, columns]`` are summed instead, which
     costs less for few columns (output positions of the batch). Timed on an EPYC of family 25
-    (n = 27-56 cells of 64-512 channels): forward and backward, by cell ran 1.2-2x faster from
+    (n = 27-56 cells of 64-512 channels): forward and backward, by cell ran 1.1-2x faster from
     16 to 392 columns of 512 input channels and level at 512 of 64; forward only, 1.25x faster
     at 16 and 64 columns of 512 and 256 channels, level at 128-392 of 512 and 256 of 256, and
     1.3x slower at 512 of 64. Exported graphs keep one product for every batch size.

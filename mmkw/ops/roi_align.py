@@ -40,8 +40,8 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor,
         ``[R, C, PH, PW]``.
     """
     output_size = _pair(output_size)
-    if features.device.type != 'cpu' or not (torch.is_grad_enabled() and
-                                              features.requires_grad):
+    if features.device.type != 'cpu' or not torch.is_grad_enabled() or \
+            not features.requires_grad:
         return torchvision_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
                                      aligned)
     return _RoIAlignSparseBackward.apply(features, rois, output_size, spatial_scale,

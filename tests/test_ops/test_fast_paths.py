@@ -319,3 +319,36 @@ class _Spy:
 
             return wrapper
         return attr
+
+
+@pytest.mark.parametrize('kernel, padding, dilation, stride, groups, size, shortcut', [
+    (3, 1, 1, 1, 1, 1, True),    # a 'same' 3x3 conv on a 1x1 map meets only the centre tap
+    (3, 2, 2, 1, 1, 1, True),    # dilated
+    (5, 2, 1, 2, 1, 1, True),    # strided: still one output pixel
+    ((3, 1), (1, 0), 1, 1, 1, 1, True),
+    (3, 1, 1, 1, 2, 1, False),   # grouped
+    (3, 0, 1, 1, 1, 3, False),   # a 3x3 map
+    (3, 1, 1, 1, 1, 2, False),   # a 2x2 map meets four taps
+    (2, 1, 1, 1, 1, 1, False),   # an even kernel has no centre tap
+])
+@pytest.mark.parametrize('bias', [True, False])
+def test_single_pixel_aware_conv2d(kernel, padding, dilation, stride, groups, size, shortcut,
+                                   bias, monkeypatch):
+    kh, kw = kernel if isinstance(kernel, tuple) else (kernel, kernel)
+    ph, pw = padding if isinstance(padding, tuple) else (padding, padding)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, size, size, generator=generator, requires_grad=True)
+    weight = torch.randn(8, 6 // groups, kh, kw, generator=generator, requires_grad=True)
+    b = torch.randn(8, generator=generator, requires_grad=True) if bias else None
+    args = ((stride, stride), (ph, pw), (dilation, dilation), groups)
+    expected = F.conv2d(x, weight, b, *args)
+    calls = []
+    monkeypatch.setattr(psc, 'F', _Spy(psc.F, calls))
+    out = psc.single_pixel_aware_conv2d(x, weight, b, *args)
+    assert ('conv2d' not in calls) == shortcut
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    inputs = [x, weight] + ([b] if bias else [])
+    grads = torch.autograd.grad(out.sum(), inputs)
+    expected_grads = torch.autograd.grad(expected.sum(), inputs)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
