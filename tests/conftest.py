@@ -35,3 +35,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def avx512_paths(monkeypatch):
+    """KW's choice of execution path depends on whether the CPU has AVX-512
+    (``per_sample_conv.AVX512_CPU``); pinning it lets every machine test the same paths (the
+    choice itself is tested with both values)."""
+    from mmkw.ops import per_sample_conv
+    monkeypatch.setattr(per_sample_conv, 'AVX512_CPU', True)

@@ -19,8 +19,7 @@ DET=configs/mask_rcnn/mask-rcnn_kw1x-r18-slim_fpn_shapes.py
 
 "$PY" tools/dataset_converters/make_digits_imagenet.py --out-dir data/digits
 "$PY" tools/dataset_converters/make_shapes_coco.py --out-dir data/shapes_coco
-"$PY" tools/analysis/warehouse_table.py "$CLS" --forward 16 16
-"$PY" tools/analysis/warehouse_table.py "$DET" --forward 160 160
+"$PY" tools/analysis/warehouse_table.py "$CLS" "$DET" --forward 16 16 160 160
 
 run() {  # run CONFIG: train with the stock CLI, report wall time
   local start=$SECONDS

@@ -92,5 +92,20 @@ log "installing mmkw (editable)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 
 "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmpretrain, mmkw; print('mmkw stack ok:', mmcv.__version__, mmdet.__version__, mmpretrain.__version__)"
+
+# Which CPU libraries run the dynamic convs is timed once per machine and cached in $CACHE
+# (mmkw/ops/cpu_kernels.py; 15-40 s on 2 cores). Timing it with the set-up keeps that pause out
+# of the first training run; machines with a GPU skip it (the first CPU run times it then).
+log "timing mmkw's CPU kernel libraries (once per machine)"
+MMKW_CACHE="$CACHE" "$VENV/bin/python" - <<'PY'
+import torch
+if torch.cuda.is_available():
+    print('a GPU is present: CPU kernels not timed')
+else:
+    from mmkw.ops.cpu_kernels import cache_file, measured_choices
+    choice = {mode: f'paths {paths}, matmul {matmul}'
+              for mode, (paths, matmul) in measured_choices().items()}
+    print(f'CPU kernels: {choice} ({cache_file()})')
+PY
 stamp_of >"$STAMP_FILE"
 log "done"

@@ -103,5 +103,6 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1))
+    # only the last epoch (see the digits configs); interval=1 keeps every epoch
+    checkpoint=dict(type='CheckpointHook', interval=max_epochs))
 randomness = dict(seed=0)

@@ -10,8 +10,8 @@ ResNet-18 training step 1.27x faster, while on AVX2 machines the grouped convolu
 was pathologically slow on small maps and BLAS won.
 
 Two choices are made together, by timing a probe of KW convs with the shapes that decide them
-(:func:`measure_cpu_kernels`, about fifteen seconds) with each of the four pairs, for training
-and for inference apart, once per machine:
+(:func:`measure_cpu_kernels`, 15-40 s on 2 cores; ``tools/setup_env.sh`` runs it) with each of
+the four pairs, for training and for inference apart, once per machine:
 
 - the *path* library (``'blas'`` or ``'onednn'``, see :data:`CPU_KERNELS`): how the
   per-sample convolutions run on small maps and which execution paths KW picks;

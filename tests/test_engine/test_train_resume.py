@@ -59,6 +59,7 @@ def demo_cfg(digits_root, work_dir, max_epochs=2):
     cfg.train_cfg.val_interval = max_epochs
     cfg.param_scheduler[0].end = max_epochs
     cfg.custom_hooks = [dict(type='KWTemperatureHook', tau_epochs=1.5)]
+    cfg.default_hooks.checkpoint.interval = 1  # the demo keeps only the last epoch
     cfg.default_hooks.logger.interval = 1
     cfg.work_dir = str(work_dir)
     cfg.model.backbone.base_channels = 16

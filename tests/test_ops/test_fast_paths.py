@@ -222,7 +222,8 @@ def test_batch_chunks():
     assert psc.batch_chunks(2, 10**6, max_numel=10) == [(0, 1), (1, 2)]
 
 
-def test_path_choice_follows_the_cost_model():
+def test_path_choice_follows_the_cost_model(monkeypatch):
+    monkeypatch.setattr(psc, 'AVX512_CPU', True)
     # KW ResNet-18 1x stage 4 (n=27, 512x512 cells, 3x3): 2x2 maps (a 16x16 digits input)
     # mix the input; 14x14 maps assemble kernels; 7x7 maps are near the break-even point.
     grid, cell = (9, 1, 1), (512, 512, 1, 1)
@@ -233,9 +234,16 @@ def test_path_choice_follows_the_cost_model():
     # ... unless oneDNN runs the per-sample conv, which takes kernels in conv layout
     assert psc.choose_path(16, 64, 47, grid, (128, 128, 1, 1), 1, onednn=True) == 'assembled'
     assert psc.choose_path(16, 4, 27, grid, cell, 1, onednn=True) == 'mixed_input'
-    # oneDNN's faster warehouse matmul moves the break-even point: 7x7 maps mix the input
+    # oneDNN's faster warehouse matmul moves the break-even point: 7x7 maps mix the input...
     assert psc.choose_path(16, 49, 27, grid, cell, 1) == 'mixture'
     assert psc.choose_path(16, 49, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+    # ... with AVX-512 only; with AVX2 the matmul has half the multiply-adds per cycle
+    monkeypatch.setattr(psc, 'AVX512_CPU', False)
+    assert psc.choose_path(16, 49, 27, grid, cell, 1, onednn=True) == 'assembled'
+    assert psc.choose_path(16, 4, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+    # the shapes demo's KW Mask R-CNN: stage 4's 5x5 maps at batch 2 (cost ratio 1.47) mix
+    assert psc.choose_path(2, 25, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+    monkeypatch.setattr(psc, 'AVX512_CPU', True)
     assert psc.choose_path(16, 196, 47, grid, (256, 256, 1, 1), 1, onednn=True) == 'assembled'
     # one sample's kernel is as cheap as its mixed input, and runs as a plain conv
     assert psc.choose_path(1, 49, 27, grid, cell, 1, onednn=True) == 'assembled'

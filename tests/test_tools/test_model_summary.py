@@ -150,7 +150,7 @@ def test_tool_prints_the_summary_of_every_method(tmp_path, capsys):
         path = tmp_path / f'tiny-{method}.py'
         tiny_cfg(method).dump(str(path))
         out = tmp_path / f'{method}.json'
-        summary = run_tool([str(path), '--forward', '8', '8', '--json', str(out)])
+        [summary] = run_tool([str(path), '--forward', '8', '8', '--json', str(out)])
         screen = capsys.readouterr().out
         model = build_model_from_config(str(path))
         total = sum(p.numel() for p in model.parameters())
@@ -170,9 +170,28 @@ def test_tool_prints_the_summary_of_every_method(tmp_path, capsys):
 
 
 def test_tool_on_a_detector_config(capsys):
-    summary = run_tool([DETECTOR, '--forward', '64', '64'])
+    [summary] = run_tool([DETECTOR, '--forward', '64', '64'])
     screen = capsys.readouterr().out
     assert 'model MaskRCNN with backbone KWResNet' in screen
     assert summary['warehouses'] == warehouse_rows(
         build_model_from_config(DETECTOR, {'model.backbone.init_cfg': None}))
     assert summary['groups']['shared']['params'] > 0
+
+
+def test_tool_summarises_several_configs_with_a_size_each(tmp_path, capsys):
+    # the main job prints its classifier and its detector in one process
+    path = tmp_path / 'tiny-kw.py'
+    tiny_cfg('kw').dump(str(path))
+    out = tmp_path / 'both.json'
+    summaries = run_tool([str(path), DETECTOR, '--forward', '8', '8', '64', '64',
+                          '--json', str(out)])
+    screen = capsys.readouterr().out
+    assert [s['config'] for s in summaries] == [str(path), DETECTOR]
+    assert screen.index('backbone outputs: [2, 16, 4, 4]') < screen.index(
+        'model MaskRCNN with backbone KWResNet')
+    assert 'backbone outputs: [2, 64, 16, 16], [2, 128, 8, 8]' in screen
+    assert [s['params'] for s in json.loads(out.read_text())] == [s['params'] for s in summaries]
+    with pytest.raises(SystemExit):
+        run_tool([str(path), DETECTOR, '--forward', '8', '8', '64'])
+    assert '--forward takes H W once or once per config (2), got 3 numbers' in \
+        capsys.readouterr().err
