@@ -336,11 +336,13 @@ def warehouse_by_cell(columns: int, cell_in: int) -> bool:
 # 2.3x slower at 3. With oneDNN (2-core AVX-512 CPU), whose warehouse matmul is faster, mixing
 # the 7x7 stage-4 maps of a KW ResNet-18 at 224x224 (ratio 2) makes the whole network 1.15x
 # faster in inference and 1.2x in training, and mixing its 14x14 maps (ratio 4.4) 1.5x slower.
-# oneDNN's higher ratio needs AVX-512, which doubles the multiply-adds per cycle of the warehouse
-# matmul while the assembly stays bound by memory: on a 2-core AVX2 EPYC (family 25) that chose
-# oneDNN, the ratio of 1.5 ran KW ResNet-18 and ResNet-50 at 224x224, batch 8, 1.12x and 1.09x
-# faster in inference and 1.02x and 1.07x in training than 3 (MobileNetV2, ConvNeXt-T and KW 4x
-# ResNet-18 within 4% either way; interleaved A/B, one process).
+# In inference oneDNN's higher ratio needs AVX-512, which doubles the multiply-adds per cycle of
+# the warehouse matmul while the assembly stays bound by memory: on a 2-core AVX2 EPYC (family
+# 25) that chose oneDNN, the ratio of 1.5 ran KW ResNet-18 and ResNet-50 at 224x224, batch 8,
+# 1.12x and 1.09x faster than 3 (MobileNetV2, ConvNeXt-T and KW 4x ResNet-18 within 4% either
+# way; interleaved A/B, one process). Training keeps 3 there: 1.5 gained only 1.02x and 1.07x,
+# and the kernels it assembles took KW ResNet-18's peak memory at batch 32 to 1206 MiB, 1.55x
+# the plain network's (mixed: 1.40x).
 MIXED_INPUT_MAX_COST_RATIO = {'blas': 1.5, 'onednn': 3.0}
 # read once: torch fixes its kernels' instruction set at start-up (ATEN_CPU_CAPABILITY caps it)
 AVX512_CPU = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
@@ -354,7 +356,7 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     :func:`mixture_conv2d`) or 'assembled' (assemble kernels in conv layout, then
     :func:`per_sample_conv2d`). ``onednn``: the per-sample conv runs best as oneDNN's grouped
     conv (see :mod:`mmkw.ops.cpu_kernels`), so the batched matmuls of 'mixture' are not chosen,
-    and on an AVX-512 CPU the input is mixed up to a higher cost ratio.
+    and the input is mixed up to a higher cost ratio (in inference on AVX-512 CPUs only).
     """
     if groups != 1 or tuple(cell_shape[2:]) != (1, 1) or in_release_formulation():
         return 'assembled'
@@ -363,7 +365,8 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
     # multiply-adds per cell weight and sample (see mixed_input_conv2d)
     mixed_cost = num_cells * positions * (1 + spatial * groups_in / cell_out)
     assembled_cost = spatial * groups_in * (num_cells + positions)
-    max_ratio = MIXED_INPUT_MAX_COST_RATIO['onednn' if onednn and AVX512_CPU else 'blas']
+    higher_ratio = onednn and (AVX512_CPU or torch.is_grad_enabled())
+    max_ratio = MIXED_INPUT_MAX_COST_RATIO['onednn' if higher_ratio else 'blas']
     # Mixing the input saves writing B x params kernel numbers; one sample's kernel is written
     # once either way and then runs as one plain convolution (the release's way), so one sample
     # never mixes: a KW ResNet-18 at batch 1 inferred 1.13x (AVX-512) and 1.67x (AVX2) slower
