@@ -244,8 +244,8 @@ def test_path_choice_follows_the_cost_model(monkeypatch):
     with torch.no_grad():
         assert psc.choose_path(16, 49, 27, grid, cell, 1, onednn=True) == 'assembled'
         assert psc.choose_path(16, 4, 27, grid, cell, 1, onednn=True) == 'mixed_input'
-    # the shapes demo's KW Mask R-CNN: stage 4's 5x5 maps at batch 2 (cost ratio 1.47) mix
-    assert psc.choose_path(2, 25, 27, grid, cell, 1, onednn=True) == 'mixed_input'
+        # the shapes demo's KW Mask R-CNN: stage 4's 5x5 maps at batch 2 (cost ratio 1.47) mix
+        assert psc.choose_path(2, 25, 27, grid, cell, 1, onednn=True) == 'mixed_input'
     monkeypatch.setattr(psc, 'AVX512_CPU', True)
     assert psc.choose_path(16, 196, 47, grid, (256, 256, 1, 1), 1, onednn=True) == 'assembled'
     # one sample's kernel is as cheap as its mixed input, and runs as a plain conv
