@@ -223,7 +223,7 @@ def test_batch_chunks():
 
 
 def test_path_choice_follows_the_cost_model(monkeypatch):
-    monkeypatch.setattr(psc, 'AVX512_CPU', True)
+    # AVX512_CPU starts pinned to True (tests/conftest.py)
     # KW ResNet-18 1x stage 4 (n=27, 512x512 cells, 3x3): 2x2 maps (a 16x16 digits input)
     # mix the input; 14x14 maps assemble kernels; 7x7 maps are near the break-even point.
     grid, cell = (9, 1, 1), (512, 512, 1, 1)
