@@ -85,6 +85,9 @@ MATMUL_TIMING_MIN_MACS = 2**24
 # convolutions around them, which timing a product alone does not see.
 MATMUL_SHAPE_MARGIN = 1.25
 
+# read once: torch fixes its kernels' instruction set at start-up (ATEN_CPU_CAPABILITY caps it)
+AVX512_CPU = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+
 # environment variables that cap the instruction sets of torch's libraries (part of the key)
 ISA_CAP_ENV_VARS = ('ONEDNN_MAX_CPU_ISA', 'DNNL_MAX_CPU_ISA', 'MKL_ENABLE_INSTRUCTIONS')
 
@@ -184,7 +187,7 @@ def candidates() -> Tuple[Pair, ...]:
 def instruction_set_guess() -> str:
     """The choice that the CPU's instruction set suggests: used only while ``torch.compile``
     traces before anything was measured (the probe cannot run inside a trace)."""
-    return 'onednn' if torch.backends.cpu.get_cpu_capability().startswith('AVX512') else 'blas'
+    return 'onednn' if AVX512_CPU else 'blas'
 
 
 def measured_choices() -> Dict[str, Pair]:

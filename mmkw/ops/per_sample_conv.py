@@ -21,8 +21,8 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .cpu_kernels import (CPU_KERNELS, cpu_kernels, matmul_kernels,  # noqa: F401 (re-exported)
-                          matmul_library)
+from .cpu_kernels import (AVX512_CPU, CPU_KERNELS, cpu_kernels,  # noqa: F401 (re-exported)
+                          matmul_kernels, matmul_library)
 
 # Above this many output positions a kxk per-sample conv uses the grouped conv, by CPU kernel
 # library (see CPU_KERNELS). A depthwise one always does: as im2col and a batched matmul it would
@@ -344,8 +344,6 @@ def warehouse_by_cell(columns: int, cell_in: int) -> bool:
 # and the kernels it assembles took KW ResNet-18's peak memory at batch 32 to 1206 MiB, 1.55x
 # the plain network's (mixed: 1.40x).
 MIXED_INPUT_MAX_COST_RATIO = {'blas': 1.5, 'onednn': 3.0}
-# read once: torch fixes its kernels' instruction set at start-up (ATEN_CPU_CAPABILITY caps it)
-AVX512_CPU = torch.backends.cpu.get_cpu_capability().startswith('AVX512')
 
 
 def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[int, int, int],
