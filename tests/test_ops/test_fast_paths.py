@@ -62,6 +62,7 @@ CASES = [
     (16, 32, 3, 1, 1, '1x', 1.0, 2),     # mixed input (4 positions)
     (16, 32, 3, 2, 1, '1/2x', 1.0, 4),   # mixed input, strided, 2x2 channel groups
     (16, 32, 1, 2, 1, '1x', 1.0, 4),     # mixed input, 1x1 strided
+    (16, 32, 3, 1, 1, '1x', 1.0, 1),     # mixed input, 1x1 map ('same' padding all round)
 ]
 
 
@@ -78,7 +79,7 @@ def test_fast_path_matches_reference(case, mode, memory, kernels, monkeypatch):
     check_against_reference(case, mode, memory, kernels, monkeypatch)
 
 
-MIXED_INPUT_CASES = CASES[-3:]
+MIXED_INPUT_CASES = CASES[-4:]
 
 
 @pytest.mark.parametrize('case', MIXED_INPUT_CASES, ids=lambda c: '-'.join(map(str, c)))
@@ -341,6 +342,7 @@ class _Spy:
     (3, 0, 1, 1, 1, 3, False),   # a 3x3 map
     (3, 1, 1, 1, 1, 2, False),   # a 2x2 map meets four taps
     (2, 1, 1, 1, 1, 1, False),   # an even kernel has no centre tap
+    (2, 1, 2, 1, 1, 1, False),   # nor when dilated to 'same' padding: every tap meets padding
 ])
 @pytest.mark.parametrize('bias', [True, False])
 def test_single_pixel_aware_conv2d(kernel, padding, dilation, stride, groups, size, shortcut,
