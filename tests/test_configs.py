@@ -38,3 +38,20 @@ def test_config_builds_model(path):
     else:
         assert not {'KWTemperatureHook', 'TemperatureHook'} & set(hooks), \
             'a temperature hook in a config without dynamic-conv attentions'
+
+
+DEMO_DETECTORS = sorted(p for p in CONFIGS if p.name.endswith('_shapes.py'))
+
+
+@pytest.mark.parametrize('path', DEMO_DETECTORS, ids=lambda p: p.name)
+def test_demo_detector_starts_from_its_pretraining_checkpoint(path):
+    # the demo fine-tunes from the last epoch the digits config trains and saves: a schedule
+    # change on one side only would leave the detector without its weights
+    checkpoint = Path(Config.fromfile(str(path)).model.backbone.init_cfg.checkpoint)
+    assert checkpoint.parts[0] == 'work_dirs' and checkpoint.name.startswith('epoch_')
+    pretraining = [p for p in CONFIGS if p.stem == checkpoint.parent.name]
+    assert len(pretraining) == 1, checkpoint
+    cfg = Config.fromfile(str(pretraining[0]))
+    epochs = cfg.train_cfg.max_epochs
+    assert checkpoint.name == f'epoch_{epochs}.pth'
+    assert epochs % cfg.default_hooks.checkpoint.interval == 0

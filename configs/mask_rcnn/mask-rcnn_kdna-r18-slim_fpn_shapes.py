@@ -13,4 +13,4 @@ model = dict(
         frozen_stages=1,
         norm_eval=True,
         init_cfg=dict(type='Pretrained', prefix='backbone.',
-                      checkpoint='work_dirs/kdna-resnet18_1xb16_digits/epoch_6.pth')))
+                      checkpoint='work_dirs/kdna-resnet18_1xb16_digits/epoch_4.pth')))

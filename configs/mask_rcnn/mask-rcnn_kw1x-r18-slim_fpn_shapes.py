@@ -36,9 +36,14 @@ model = dict(
         mask_roi_extractor=dict(type='CPUSingleRoIExtractor', out_channels=width),
         mask_head=dict(num_convs=2, in_channels=width, conv_out_channels=width,
                        num_classes=3)),
+    # At most 4 shapes an image: 150 proposals and 64 sampled RoIs (a quarter positive) still
+    # cover them. Against 300 and 128, the KW detector's step ran 1.08x faster (interleaved A/B,
+    # AVX2-only EPYC) and both detectors' runs took 228 and 171 s instead of 243 and 224 s,
+    # at 0.134 / 0.138 (KW) and 0.163 / 0.161 box / mask AP against 0.108 / 0.110 and
+    # 0.169 / 0.165.
     train_cfg=dict(
-        rpn_proposal=dict(nms_pre=600, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rpn_proposal=dict(nms_pre=300, max_per_img=150),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=300, max_per_img=100),
         rcnn=dict(max_per_img=20)))
