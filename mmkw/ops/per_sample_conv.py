@@ -159,11 +159,11 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
 def meets_centre_tap_only(x: torch.Tensor, kernel_size: Tuple[int, int],
                           padding: Tuple[int, int], dilation: Tuple[int, int]) -> bool:
     """Whether a conv on ``x`` reads only its kernel's centre tap: a 1x1 map under a
-    'same'-padded kxk kernel (the last stage of a network on 8x8 images), where every other tap
-    meets padding. Exported graphs keep the full kernel for every map size."""
+    'same'-padded kxk kernel with odd kh and kw (the last stage of a network on 8x8 images),
+    where every other tap meets padding. Exported graphs keep the full kernel for every map size."""
     kh, kw = kernel_size
     # an even kernel has no centre tap: 'same' padding then puts every tap on padding
-    return tuple(x.shape[-2:]) == (1, 1) and kh % 2 == kw % 2 == 1 and (kh, kw) != (1, 1) and \
+    return tuple(x.shape[-2:]) == (1, 1) and kh % 2 == kw % 2 == 1 and \
         not in_export_formulation() and \
         padding[0] == dilation[0] * (kh - 1) // 2 == dilation[0] * (kh - 1) / 2 and \
         padding[1] == dilation[1] * (kw - 1) // 2 == dilation[1] * (kw - 1) / 2
@@ -297,7 +297,6 @@ def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Te
     out_h = conv_output_size(height, kh, stride[0], padding[0], dilation[0])
     out_w = conv_output_size(width, kw, stride[1], padding[1], dilation[1])
     positions = out_h * out_w
-    alpha = attention.view(batch, spatial, groups_out, groups_in, num_cells)
     if kh == kw == 1 and padding == (0, 0):
         if stride != (1, 1):
             x = x[:, :, ::stride[0], ::stride[1]]
@@ -305,6 +304,7 @@ def mixed_input_conv2d(x: torch.Tensor, attention: torch.Tensor, cells: torch.Te
     else:
         cols = F.unfold(x, kernel_size, dilation, padding, stride)
         cols = cols.view(batch, groups_in, cell_in, spatial, positions)
+    alpha = attention.view(batch, spatial, groups_out, groups_in, num_cells)
     # z laid out [j, cell_in, (b, o, l)], so that the warehouse applies in one product
     mixed = torch.einsum('bsocj,bcisl->jibol', alpha, cols)
     columns = batch * groups_out * positions
