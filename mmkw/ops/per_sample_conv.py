@@ -156,30 +156,22 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def meets_centre_tap_only(x: torch.Tensor, kernel_size: Tuple[int, int],
-                          padding: Tuple[int, int], dilation: Tuple[int, int]) -> bool:
-    """Whether a conv on ``x`` reads only its kernel's centre tap: a 1x1 map under a
-    'same'-padded kxk kernel with odd kh and kw (the last stage of a network on 8x8 images),
-    where every other tap meets padding. Exported graphs keep the full kernel for every map size."""
-    kh, kw = kernel_size
-    # an even kernel has no centre tap: 'same' padding then puts every tap on padding
-    return tuple(x.shape[-2:]) == (1, 1) and kh % 2 == kw % 2 == 1 and \
-        not in_export_formulation() and \
-        padding[0] == dilation[0] * (kh - 1) // 2 == dilation[0] * (kh - 1) / 2 and \
-        padding[1] == dilation[1] * (kw - 1) // 2 == dilation[1] * (kw - 1) / 2
-
-
 def single_pixel_aware_conv2d(x: torch.Tensor, weight: torch.Tensor,
                               bias: Optional[torch.Tensor], stride: Tuple[int, int],
                               padding: Tuple[int, int], dilation: Tuple[int, int],
                               groups: int) -> torch.Tensor:
     """``F.conv2d`` (one kernel for the batch), as a matmul with the kernel's centre tap where
-    a 1x1 map meets only that tap (:func:`meets_centre_tap_only`): oneDNN convolves all
-    kh x kw taps and computes the gradient of every one, the zero ones too. A KernelDNA
-    ResNet-18's stage-4 3x3 convs on the digits demo's 1x1 maps took 12.6 ms backward on 2 cores
-    capped to AVX2 (5 ms with AVX-512); as a matmul, well under 1."""
+    a 1x1 map meets only that tap (a 'same'-padded kxk conv with odd kh and kw on the last stage
+    of a network on 8x8 images): oneDNN convolves all kh x kw taps and computes the gradient of
+    every one, the zero ones too. A KernelDNA ResNet-18's stage-4 3x3 convs on the digits demo's
+    1x1 maps took 12.6 ms backward on 2 cores capped to AVX2 (5 ms with AVX-512); as a matmul,
+    well under 1."""
     kh, kw = weight.shape[-2:]
-    if groups == 1 and meets_centre_tap_only(x, (kh, kw), padding, dilation):
+    # an even kernel has no centre tap: 'same' padding then puts every tap on padding
+    if x.shape[-2:] == (1, 1) and groups == 1 and kh % 2 == kw % 2 == 1 and \
+            not in_export_formulation() and \
+            padding[0] == dilation[0] * (kh - 1) // 2 == dilation[0] * (kh - 1) / 2 and \
+            padding[1] == dilation[1] * (kw - 1) // 2 == dilation[1] * (kw - 1) / 2:
         out = F.linear(x.flatten(1), weight[:, :, kh // 2, kw // 2], bias)
         return out.view(*out.shape, 1, 1)
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
