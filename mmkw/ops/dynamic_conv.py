@@ -11,7 +11,8 @@ method implements
 - :meth:`DynamicConv2d.effective_kernels`: the kernels ``[B, C_out, C_in / groups, kh, kw]``
   that the per-sample convolution is equal to (the reference the fast paths are tested
   against, and what the official releases compute);
-- optionally :meth:`DynamicConv2d.execution_path` and :meth:`DynamicConv2d.held_numel`;
+- optionally :meth:`DynamicConv2d.execution_path`, :meth:`DynamicConv2d.held_numel` and
+  :meth:`DynamicConv2d.recompute_share`;
 
 and :meth:`DynamicConv2d.forward` does the rest once: input checks, empty batches, batch
 chunking, recomputing the per-sample kernels in the backward pass instead of keeping them, and
@@ -126,8 +127,9 @@ class DynamicConv2d(nn.Module):
         in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: as for
             ``nn.Conv2d`` (``padding`` must be numeric).
         recompute_kernels: in training, whether the per-sample kernels are assembled again in
-            the backward pass instead of being kept (True, False, or 'auto': when the batch's
-            kernels exceed ``per_sample_conv.RECOMPUTE_MIN_NUMEL`` numbers).
+            the backward pass instead of being kept (True, False, or 'auto': by the batch's
+            kernel numbers and the cost of assembling them again, see
+            :func:`~mmkw.ops.per_sample_conv.auto_recomputes`).
 
     Forward: ``[B, C_in, H, W]`` -> ``[B, C_out, H_out, W_out]``; a batch of 0 gives an empty
     output of the right shape.
@@ -186,6 +188,13 @@ class DynamicConv2d(nn.Module):
         default); sizes the chunks of a large batch and decides 'auto' recomputation."""
         return self.out_channels * self.in_channels // self.groups * \
             self.kernel_size[0] * self.kernel_size[1]
+
+    def recompute_share(self, x: torch.Tensor, path: str) -> float:
+        """The share of this conv's training-step multiply-adds that assembling its kernels
+        again in the backward pass would add (see :func:`per_sample_conv.recompute_share`);
+        'auto' keeps the kernels of a mid-sized batch where it is high. 0 by default: a method
+        that does not say is taken to assemble cheaply."""
+        return 0.0
 
     def empty_batch_parameters(self) -> Iterator[torch.Tensor]:
         """What the empty output of a batch of 0 stays connected to, so that each gets a zero
@@ -255,8 +264,8 @@ class DynamicConv2d(nn.Module):
             chunks = batch_chunks(batch, held)
         policy = self.recompute_kernels
         recompute = torch.is_grad_enabled() and not release and held > 0 and (
-            policy is True or
-            (policy == 'auto' and batch * held > per_sample_conv.RECOMPUTE_MIN_NUMEL))
+            policy is True or (policy == 'auto' and per_sample_conv.auto_recomputes(
+                batch * held, self.recompute_share(x, path))))
         outs: List[torch.Tensor] = []
         for start, end in chunks:
             chunk_x = x[start:end] if len(chunks) > 1 else x
@@ -370,6 +379,11 @@ class KernelBankConv2d(DynamicConv2d):
 
     def attend(self, x: torch.Tensor) -> Attention:
         return self.attention(x)
+
+    def recompute_share(self, x: torch.Tensor, path: str) -> float:
+        """Assembling mixes K kernels, about K multiply-adds per kernel number; the conv uses
+        each number once per output position."""
+        return per_sample_conv.recompute_share(self.kernel_num, self.output_positions(x))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

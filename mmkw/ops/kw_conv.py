@@ -21,7 +21,7 @@ from .dynamic_conv import (Attention, DynamicAttention, DynamicConv2d,  # noqa: 
                            channel_scales_to_kernel, convolve_recomputing_kernels)
 from .norm_guard import check_norm_batch
 from .per_sample_conv import (choose_path, matmul2d, mixed_input_conv2d, mixture_conv2d,
-                              per_sample_conv2d, prefers_onednn)
+                              per_sample_conv2d, prefers_onednn, recompute_share)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 
@@ -339,6 +339,15 @@ class KWConv2d(DynamicConv2d):
             return 4 * self.attention.num_cells * self.cell_shape[1] * self.mixture_grid[1] * \
                 self.output_positions(x)
         return super().held_numel(x, path)
+
+    def recompute_share(self, x: torch.Tensor, path: str) -> float:
+        """Per kernel number, assembling mixes the n cells and the conv uses it at each output
+        position; mixing the input costs ``S * G_in`` per output of the warehouse matmul's
+        ``c_out`` (see :func:`choose_path`)."""
+        if path == 'mixed_input':
+            spatial, _, groups_in = self.mixture_grid
+            return recompute_share(spatial * groups_in, self.cell_shape[0])
+        return recompute_share(self.attention.num_cells, self.output_positions(x))
 
     def convolve(self, x: torch.Tensor, attention: Attention, path: str) -> torch.Tensor:
         """Eq. 3 and the per-sample convolution, by the given execution path."""

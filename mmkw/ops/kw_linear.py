@@ -36,7 +36,7 @@ from . import per_sample_conv
 from .attention_options import init_beta
 from .kw_conv import KWAttention
 from .per_sample_conv import (batch_chunks, in_release_formulation, keep_output, matmul2d,
-                              output_kept)
+                              output_kept, recompute_share)
 from .warehouse import WarehouseManager, WarehouseSpec
 
 # Mixing the tokens is chosen when it takes at most this many times the multiply-adds of
@@ -198,6 +198,14 @@ class KWLinear(nn.Module):
                 self.cell_shape[1]
         return self.out_features * self.in_features
 
+    def recompute_share(self, tokens: torch.Tensor, path: str) -> float:
+        """What recomputing adds to the layer's training step: assembling mixes n cells per
+        weight, used once per token; mixing the tokens costs ``G_in`` per ``c_out`` of the
+        warehouse matmul."""
+        if path == 'mixed_tokens':
+            return recompute_share(self.mixture_grid[1], self.cell_shape[0])
+        return recompute_share(self.attention.num_cells, tokens.shape[1])
+
     def apply_weights(self, tokens: torch.Tensor, attention: Tuple[torch.Tensor, ...],
                       path: str) -> torch.Tensor:
         """``[B, N, C_out]`` (without bias) from tokens ``[B, N, C_in]`` and attentions, by
@@ -265,8 +273,8 @@ class KWLinear(nn.Module):
             chunks = batch_chunks(batch, held)
         policy = self.recompute_kernels
         recompute = torch.is_grad_enabled() and not release and (
-            policy is True or
-            (policy == 'auto' and batch * held > per_sample_conv.RECOMPUTE_MIN_NUMEL))
+            policy is True or (policy == 'auto' and per_sample_conv.auto_recomputes(
+                batch * held, self.recompute_share(tokens, path))))
         outs = []
         for start, end in chunks:
             part = slice(start, end) if len(chunks) > 1 else slice(None)

@@ -397,6 +397,34 @@ KERNEL_CHUNK_NUMEL = 24 * 2**20
 # memory instead of 1.33x (1088 / 779 MiB).
 RECOMPUTE_MIN_NUMEL = 8 * 2**20
 
+# Between RECOMPUTE_MIN_NUMEL and one chunk's kernels (KERNEL_CHUNK_NUMEL, 96 MiB in fp32),
+# 'auto' keeps the kernels of a conv whose assembly is expensive against its convolution:
+# where assembling once more would add more than RECOMPUTE_MAX_SHARE to the multiply-adds of
+# the conv's training step. A KW 4x ResNet-18's stage-4 convs mix 108-188 cells per kernel
+# number and use each number at 49 output positions (share 0.23-0.26), and their batch-8
+# kernels hold 9.4-19M numbers; assembling them again made its training step 1.18x slower
+# than keeping them (2524 vs 2133 ms, interleaved A/B on an AVX2 EPYC of family 25). Larger
+# batches are assembled chunk by chunk and assembled again, which the memory at batch 32 needs.
+RECOMPUTE_MAX_NUMEL = KERNEL_CHUNK_NUMEL
+RECOMPUTE_MAX_SHARE = 0.2
+
+
+def recompute_share(redone_macs: float, other_macs: float) -> float:
+    """The share of a layer's training-step multiply-adds that recomputing adds, where the
+    recomputed forward part costs ``redone_macs`` and the rest of the forward ``other_macs``
+    (backward costs about twice the forward, so the step is three forwards)."""
+    return redone_macs / (3 * (redone_macs + other_macs))
+
+
+def auto_recomputes(kept_numel: int, share: float) -> bool:
+    """What ``recompute_kernels='auto'`` decides for a layer whose batch keeps ``kept_numel``
+    numbers for backward, where recomputing them adds ``share`` to its training step (see
+    :func:`recompute_share`): keep small ones, recompute very large ones, and in between only
+    those that are cheap to recompute."""
+    if kept_numel <= RECOMPUTE_MIN_NUMEL:
+        return False
+    return kept_numel > RECOMPUTE_MAX_NUMEL or share <= RECOMPUTE_MAX_SHARE
+
 
 def batch_chunks(batch: int, kernel_numel: int,
                  max_numel: Optional[int] = None) -> List[Tuple[int, int]]:

@@ -82,8 +82,12 @@ class WarehouseManager(nn.Module):
             forward pass (on the mixed-input path of small maps: mixes its input again): one
             more assembly per conv and step for a much smaller peak memory (see
             :func:`mmkw.ops.kw_conv.convolve_recomputing_kernels`). True, False, or 'auto'
-            (default): recompute the convs whose kernels (or mixed input) for the batch exceed
-            ``RECOMPUTE_MIN_NUMEL`` (32 MiB in fp32); smaller ones cost little to keep.
+            (default): keep the kernels (or mixed input) of a batch up to
+            ``RECOMPUTE_MIN_NUMEL`` numbers (32 MiB in fp32), which cost little to keep; up to
+            ``RECOMPUTE_MAX_NUMEL`` (96 MiB) keep them where assembling them again would add
+            more than ``RECOMPUTE_MAX_SHARE`` to the conv's training step (many cells against
+            few output positions: the stage-4 convs of 4x warehouses); recompute the rest
+            (see :func:`mmkw.ops.per_sample_conv.auto_recomputes`).
         attention_extra_heads: KW* (Table 17, a reconstruction): every attention also gets
             ODConv-style heads (sigmoid, with bias) over the input channels, output channels and
             kernel positions of its conv.

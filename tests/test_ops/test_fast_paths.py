@@ -208,13 +208,34 @@ def test_recomputing_kernels_keeps_no_kernels(kernels, monkeypatch):
     recomputed = saved_bytes(Pair(64, 64, 3, 1, 1, '4x', 1.0, recompute=True).conv, x)
     assert kept > kernel_bytes
     assert recomputed < kept - kernel_bytes
-    # 'auto' keeps kernels below RECOMPUTE_MIN_NUMEL and recomputes above it
+    # 'auto' keeps kernels up to RECOMPUTE_MIN_NUMEL; above it, those that would cost more
+    # than RECOMPUTE_MAX_SHARE to assemble again, up to RECOMPUTE_MAX_NUMEL
     auto = Pair(64, 64, 3, 1, 1, '4x', 1.0, recompute='auto').conv
     assert saved_bytes(auto, x) == kept
+    share = auto.recompute_share(x, 'assembled')
+    cells = auto.attention.num_cells
+    assert share == pytest.approx(cells / (3 * (cells + size * size)))
     monkeypatch.setattr(psc, 'RECOMPUTE_MIN_NUMEL', 8 * 64 * 64 * 9 - 1)
+    monkeypatch.setattr(psc, 'RECOMPUTE_MAX_SHARE', share * 1.01)
+    assert saved_bytes(auto, x) == recomputed
+    monkeypatch.setattr(psc, 'RECOMPUTE_MAX_SHARE', share * 0.99)
+    assert saved_bytes(auto, x) == kept
+    monkeypatch.setattr(psc, 'RECOMPUTE_MAX_NUMEL', 8 * 64 * 64 * 9 - 1)
     assert saved_bytes(auto, x) == recomputed
     with pytest.raises(ValueError, match='recompute_kernels'):
         WarehouseManager('1x', recompute_kernels='sometimes')
+
+
+def test_auto_recompute_rule():
+    # a KW 4x ResNet-18's stage-4 conv: 108 cells per kernel number, 49 output positions
+    assert psc.recompute_share(108, 49) == pytest.approx(108 / 471)
+    assert psc.recompute_share(1, 0) == pytest.approx(1 / 3)
+    low, high = psc.RECOMPUTE_MIN_NUMEL, psc.RECOMPUTE_MAX_NUMEL
+    assert not psc.auto_recomputes(low, 0.0)
+    assert psc.auto_recomputes(low + 1, psc.RECOMPUTE_MAX_SHARE)
+    assert not psc.auto_recomputes(low + 1, 0.3)
+    assert not psc.auto_recomputes(high, 0.3)
+    assert psc.auto_recomputes(high + 1, 0.3)
 
 
 def test_batch_chunks():
