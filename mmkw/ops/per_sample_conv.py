@@ -385,8 +385,13 @@ def choose_path(batch: int, positions: int, num_cells: int, mixture_grid: Tuple[
 
 
 # Per-sample kernels of at most this many numbers are assembled at once; larger batches are
-# split into chunks (96 MiB in fp32: a KW ResNet-18 stage-4 conv assembles 10 samples at once).
-KERNEL_CHUNK_NUMEL = 24 * 2**20
+# split into chunks (192 MiB in fp32: a KW ResNet-18 stage-4 conv assembles 20 samples at once).
+# Each chunk reads the whole warehouse again (a KW 4x ResNet-18's stage-4 warehouse holds 28M
+# numbers, more than 10 samples' kernels), so chunks of 96 MiB trained KW ResNet-18s at batch 32
+# 1.04-1.08x (1x) and 1.10x (4x) slower (interleaved A/B on an AVX2 EPYC of family 25; ResNet-50
+# KW 1x level) for 1% and 5% less peak memory (1083 / 1094 and 1683 / 1764 MiB; ConvNeXt-T and
+# ResNet-50 KW 1x 2%).
+KERNEL_CHUNK_NUMEL = 48 * 2**20
 
 # With recompute_kernels='auto', a training step assembles the kernels of a conv again in the
 # backward pass when the batch's kernels hold more numbers than this (32 MiB in fp32) rather
@@ -397,15 +402,15 @@ KERNEL_CHUNK_NUMEL = 24 * 2**20
 # memory instead of 1.33x (1088 / 779 MiB).
 RECOMPUTE_MIN_NUMEL = 8 * 2**20
 
-# Between RECOMPUTE_MIN_NUMEL and one chunk's kernels (KERNEL_CHUNK_NUMEL, 96 MiB in fp32),
-# 'auto' keeps the kernels of a conv whose assembly is expensive against its convolution:
-# where assembling once more would add more than RECOMPUTE_MAX_SHARE to the multiply-adds of
-# the conv's training step. A KW 4x ResNet-18's stage-4 convs mix 108-188 cells per kernel
-# number and use each number at 49 output positions (share 0.23-0.26), and their batch-8
-# kernels hold 9.4-19M numbers; assembling them again made its training step 1.18x slower
-# than keeping them (2524 vs 2133 ms, interleaved A/B on an AVX2 EPYC of family 25). Larger
-# batches are assembled chunk by chunk and assembled again, which the memory at batch 32 needs.
-RECOMPUTE_MAX_NUMEL = KERNEL_CHUNK_NUMEL
+# Between RECOMPUTE_MIN_NUMEL and this (96 MiB in fp32), 'auto' keeps the kernels of a conv
+# whose assembly is expensive against its convolution: where assembling once more would add
+# more than RECOMPUTE_MAX_SHARE to the multiply-adds of the conv's training step. A KW 4x
+# ResNet-18's stage-4 convs mix 108-188 cells per kernel number and use each number at 49
+# output positions (share 0.23-0.26), and their batch-8 kernels hold 9.4-19M numbers;
+# assembling them again made its training step 1.12x slower (2688 vs 2401 ms; KW 4x ResNet-50
+# 1.14x, interleaved A/B on an AVX2 EPYC of family 25). Larger kernels are assembled again,
+# which the memory at batch 32 needs.
+RECOMPUTE_MAX_NUMEL = 24 * 2**20
 RECOMPUTE_MAX_SHARE = 0.2
 
 
