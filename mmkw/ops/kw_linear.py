@@ -203,7 +203,7 @@ class KWLinear(nn.Module):
         weight, used once per token; mixing the tokens costs ``G_in`` per ``c_out`` of the
         warehouse matmul."""
         if path == 'mixed_tokens':
-            return recompute_share(self.mixture_grid[1], self.cell_shape[0])
+            return recompute_share(self.mixture_grid[2], self.cell_shape[0])
         return recompute_share(self.attention.num_cells, tokens.shape[1])
 
     def apply_weights(self, tokens: torch.Tensor, attention: Tuple[torch.Tensor, ...],

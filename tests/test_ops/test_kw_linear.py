@@ -190,6 +190,17 @@ def test_recomputing_and_chunking_keep_the_gradients(path, monkeypatch):
         torch.testing.assert_close(result, results[0], atol=1e-5, rtol=1e-4)
 
 
+def test_recompute_share_by_path():
+    # 16 -> 24 with 8 x 8 cells: 2 input groups, 3 output groups
+    layer = TokenStack().layers[0]
+    tokens = torch.randn(2, 5, 16)
+    cells = layer.attention.num_cells
+    # mixing the tokens: 2 input groups per 8 outputs of the warehouse matmul
+    assert layer.recompute_share(tokens, 'mixed_tokens') == pytest.approx(2 / (3 * (2 + 8)))
+    # assembling: n cells per weight, which then meets 5 tokens
+    assert layer.recompute_share(tokens, 'assembled') == pytest.approx(cells / (3 * (cells + 5)))
+
+
 @pytest.mark.parametrize('recompute', [False, True])
 def test_recompute_assembles_the_weights_again_in_backward(recompute, monkeypatch):
     linear = TokenStack(layers=((16, 16), ), recompute_kernels=recompute)
