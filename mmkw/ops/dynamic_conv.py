@@ -262,10 +262,9 @@ class DynamicConv2d(nn.Module):
         else:
             held = self.held_numel(x, path)
             chunks = batch_chunks(batch, held)
-        policy = self.recompute_kernels
         recompute = torch.is_grad_enabled() and not release and held > 0 and (
-            policy is True or (policy == 'auto' and per_sample_conv.auto_recomputes(
-                batch * held, self.recompute_share(x, path))))
+            per_sample_conv.recomputes(self.recompute_kernels, batch * held,
+                                       self.recompute_share(x, path)))
         outs: List[torch.Tensor] = []
         for start, end in chunks:
             chunk_x = x[start:end] if len(chunks) > 1 else x

@@ -271,10 +271,9 @@ class KWLinear(nn.Module):
         else:
             held = self.held_numel(tokens, path)
             chunks = batch_chunks(batch, held)
-        policy = self.recompute_kernels
         recompute = torch.is_grad_enabled() and not release and (
-            policy is True or (policy == 'auto' and per_sample_conv.auto_recomputes(
-                batch * held, self.recompute_share(tokens, path))))
+            per_sample_conv.recomputes(self.recompute_kernels, batch * held,
+                                       self.recompute_share(tokens, path)))
         outs = []
         for start, end in chunks:
             part = slice(start, end) if len(chunks) > 1 else slice(None)

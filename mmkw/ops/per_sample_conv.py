@@ -16,7 +16,7 @@ Exact formulations, chosen by shape (timings on a 2-core CPU, forward + backward
 import threading
 import warnings
 from contextlib import contextmanager
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -429,6 +429,13 @@ def auto_recomputes(kept_numel: int, share: float) -> bool:
     if kept_numel <= RECOMPUTE_MIN_NUMEL:
         return False
     return kept_numel > RECOMPUTE_MAX_NUMEL or share <= RECOMPUTE_MAX_SHARE
+
+
+def recomputes(policy: Union[bool, str], kept_numel: int, share: float) -> bool:
+    """Whether a layer with ``recompute_kernels=policy`` (True, False or 'auto') assembles its
+    kernels again in the backward pass, for a batch keeping ``kept_numel`` numbers where
+    recomputing adds ``share`` to its training step (:func:`auto_recomputes` for 'auto')."""
+    return policy is True or (policy == 'auto' and auto_recomputes(kept_numel, share))
 
 
 def batch_chunks(batch: int, kernel_numel: int,
